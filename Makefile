@@ -1,0 +1,48 @@
+# Local tooling and the local AWS stack. `make tools` installs what is missing;
+# everything it installs lives in ignored folders (.tools/, infra/node_modules/).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := tools
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .tools/venv
+PY := $(VENV)/bin/python
+STATE ?= .local/test
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# The template checks resolve region-specific resource specs; no credentials needed.
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: tools java lint-template stack-up stack-down
+
+tools: $(VENV)/.installed infra/node_modules/.package-lock.json java
+
+# Rebuilt whenever infra/requirements.txt is newer than the last install.
+$(VENV)/.installed: infra/requirements.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r infra/requirements.txt
+	touch $@
+
+# npm ci writes node_modules/.package-lock.json; reinstall when the lock changes.
+infra/node_modules/.package-lock.json: infra/package-lock.json infra/package.json
+	command -v node >/dev/null || { echo "node (>= 20) is required" >&2; exit 1; }
+	npm ci --prefix infra --no-audit --no-fund
+	touch $@
+
+# DynamoDB Local is a Java program (Java 17 or newer).
+java:
+	@command -v java >/dev/null || { \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends default-jre-headless; }
+
+lint-template: $(VENV)/.installed
+	$(VENV)/bin/sam validate --lint -t template.yaml
+	$(VENV)/bin/cfn-lint template.yaml
+
+stack-up: tools
+	$(PY) infra/stack.py up --state $(STATE)
+
+stack-down: | $(VENV)/.installed
+	$(PY) infra/stack.py down --state $(STATE)

@@ -1,0 +1,68 @@
+//! `POST /orders/{order_id}/{action}`: pay, cancel, refund, ship, confirm. The state machine
+//! decides; the store writes it as one conditional update on the status read (and, for a
+//! buyer, on the owner), returning stock in the same transaction for cancel and refund.
+
+use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
+use flash_domain::clock::now_ms;
+use flash_domain::order::transition;
+use flash_domain::ports::{Advance, PortError, Store};
+use flash_domain::{Action, OrderId, TransitionError};
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+
+/// Re-reads after a lost race before giving up with 503. Each lost race means the order moved,
+/// so a handful is plenty.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Actions take no parameters; the body may be absent or `{}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+pub struct AdvanceOrder<S> {
+    pub store: S,
+}
+
+impl<S: Store> AdvanceOrder<S> {
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        respond(self.advance(&req).await)
+    }
+
+    async fn advance(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = caller(req)?;
+        let id = path_param(req, "order_id")
+            .and_then(|id| OrderId::parse(id).ok())
+            .ok_or(ApiError::NotFound("order"))?;
+        let action = path_param(req, "action")
+            .and_then(Action::parse)
+            .ok_or(ApiError::NotFound("action"))?;
+        json_body::<NoFields>(req)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let order = self
+                .store
+                .get_order(&id)
+                .await?
+                .filter(|o| caller.admin || o.owner == caller.user)
+                .ok_or(ApiError::NotFound("order"))?;
+            if !action.allowed(order.owner == caller.user, caller.admin) {
+                return Err(ApiError::Forbidden);
+            }
+            let t = match transition(order.status, order.reason, action.event()) {
+                Ok(t) => t,
+                Err(TransitionError::AlreadyApplied) => return Ok(json(200, &order.view())),
+                Err(TransitionError::NotAllowed(status)) => {
+                    return Err(ApiError::InvalidTransition(status))
+                }
+            };
+            let owner = (!caller.admin).then_some(&caller.user);
+            match self.store.advance(&order, &t, owner, now_ms()).await? {
+                Advance::Done(updated) => {
+                    tracing::info!(order_id = %id, from = t.from.as_str(), to = t.to.as_str(), "order advanced");
+                    return Ok(json(200, &updated.view()));
+                }
+                Advance::Stale => continue,
+            }
+        }
+        Err(PortError::Contention.into())
+    }
+}

@@ -1,0 +1,17 @@
+use advance_order::AdvanceOrder;
+use flash_aws::{Config, DynamoStore};
+use lambda_http::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    flash_aws::telemetry::init();
+    let config = Config::from_env(false)?;
+    let sdk = flash_aws::config::sdk_config().await;
+    let handler = &AdvanceOrder {
+        store: DynamoStore::from_config(&sdk, &config.table_name),
+    };
+    run(service_fn(|req| async move {
+        Ok::<_, Error>(handler.handle(req).await)
+    }))
+    .await
+}

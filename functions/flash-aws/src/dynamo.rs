@@ -1,0 +1,747 @@
+//! The single-table DynamoDB store. Item layout (`pk`, `sk`):
+//!
+//! | item            | pk               | sk             | attributes |
+//! |-----------------|------------------|----------------|------------|
+//! | product         | `PRODUCT#{sku}`  | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards |
+//! | stock shard     | `PRODUCT#{sku}`  | `SHARD#{nnn}`  | available |
+//! | buyer counter   | `PRODUCT#{sku}`  | `BUYER#{user}` | units |
+//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes |
+//!
+//! Every change is a conditional write: the condition is the optimistic lock, and a failed
+//! condition is a business answer, decoded from the values DynamoDB returns with it.
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use flash_domain::clock::Millis;
+use flash_domain::order::ShardTake;
+use flash_domain::ports::{
+    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, ShardStock, Store,
+};
+use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+
+pub fn product_pk(sku: &Sku) -> String {
+    format!("PRODUCT#{sku}")
+}
+pub const META: &str = "META";
+pub fn shard_sk(shard: u32) -> String {
+    format!("SHARD#{shard:03}")
+}
+pub fn buyer_sk(user: &UserId) -> String {
+    format!("BUYER#{user}")
+}
+pub fn order_pk(id: &OrderId) -> String {
+    format!("ORDER#{id}")
+}
+pub const ORDER_SK: &str = "ORDER";
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn key(pk: String, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stored item is malformed: {0}")]
+struct Malformed(&'static str);
+
+fn malformed(what: &'static str) -> PortError {
+    PortError::unavailable("decoding item", Malformed(what))
+}
+
+fn encode_takes(takes: &[ShardTake]) -> String {
+    takes
+        .iter()
+        .map(|t| format!("{}:{}", t.shard, t.units))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_takes(s: &str) -> Option<Vec<ShardTake>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            let (a, b) = p.split_once(':')?;
+            Some(ShardTake {
+                shard: a.parse().ok()?,
+                units: b.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+pub fn decode_order(item: &Item) -> PortResult<Order> {
+    let id = get_s(item, "pk")
+        .and_then(|pk| pk.strip_prefix("ORDER#"))
+        .and_then(|id| OrderId::parse(id).ok())
+        .ok_or_else(|| malformed("order id"))?;
+    Ok(Order {
+        id,
+        owner: get_s(item, "owner")
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| malformed("owner"))?,
+        sku: get_s(item, "sku")
+            .and_then(|v| Sku::parse(v).ok())
+            .ok_or_else(|| malformed("sku"))?,
+        quantity: get_n::<u32>(item, "quantity")
+            .and_then(|q| Quantity::new(q).ok())
+            .ok_or_else(|| malformed("quantity"))?,
+        status: get_s(item, "status")
+            .and_then(OrderStatus::parse)
+            .ok_or_else(|| malformed("status"))?,
+        reason: get_s(item, "reason").and_then(Reason::parse),
+        created_at: get_n(item, "created_at").ok_or_else(|| malformed("created_at"))?,
+        updated_at: get_n(item, "updated_at").ok_or_else(|| malformed("updated_at"))?,
+        expires_at: get_n(item, "expires_at"),
+        fingerprint: get_s(item, "fingerprint").unwrap_or_default().to_owned(),
+        takes: decode_takes(get_s(item, "takes").unwrap_or_default())
+            .ok_or_else(|| malformed("takes"))?,
+        counted: item
+            .get("counted")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+    })
+}
+
+fn encode_order(o: &Order) -> Item {
+    let mut item = key(order_pk(&o.id), ORDER_SK);
+    item.insert("owner".into(), s(o.owner.as_str()));
+    item.insert("sku".into(), s(o.sku.as_str()));
+    item.insert("quantity".into(), n(o.quantity.get()));
+    item.insert("status".into(), s(o.status.as_str()));
+    if let Some(r) = o.reason {
+        item.insert("reason".into(), s(r.as_str()));
+    }
+    item.insert("created_at".into(), n(o.created_at));
+    item.insert("updated_at".into(), n(o.updated_at));
+    if let Some(e) = o.expires_at {
+        item.insert("expires_at".into(), n(e));
+    }
+    item.insert("fingerprint".into(), s(&o.fingerprint));
+    item.insert("takes".into(), s(encode_takes(&o.takes)));
+    item.insert("counted".into(), AttributeValue::Bool(o.counted));
+    item
+}
+
+pub fn decode_product(item: &Item) -> PortResult<Product> {
+    let sku = get_s(item, "pk")
+        .and_then(|pk| pk.strip_prefix("PRODUCT#"))
+        .and_then(|v| Sku::parse(v).ok())
+        .ok_or_else(|| malformed("product sku"))?;
+    Ok(Product {
+        sku,
+        name: get_s(item, "name").unwrap_or_default().to_owned(),
+        stock_added: get_n(item, "stock_added").ok_or_else(|| malformed("stock_added"))?,
+        per_user_limit: get_n(item, "per_user_limit"),
+        sale_starts_at: get_n(item, "sale_starts_at"),
+        sale_ends_at: get_n(item, "sale_ends_at"),
+        payment_window_seconds: get_n(item, "payment_window_seconds").unwrap_or(900),
+        shards: get_n(item, "shards").filter(|&n: &u32| n > 0).unwrap_or(1),
+    })
+}
+
+fn encode_product(p: &Product) -> Item {
+    let mut item = key(product_pk(&p.sku), META);
+    item.insert("name".into(), s(&p.name));
+    item.insert("stock_added".into(), n(p.stock_added));
+    item.insert("payment_window_seconds".into(), n(p.payment_window_seconds));
+    item.insert("shards".into(), n(p.shards));
+    for (name, v) in [
+        ("per_user_limit", p.per_user_limit.map(i64::from)),
+        ("sale_starts_at", p.sale_starts_at),
+        ("sale_ends_at", p.sale_ends_at),
+    ] {
+        if let Some(v) = v {
+            item.insert(name.into(), n(v));
+        }
+    }
+    item
+}
+
+fn sdk<E, R>(what: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    move |e| PortError::unavailable(what, e)
+}
+
+/// A failed transaction: either some conditions failed (with the items as they are now) or it
+/// was something else.
+enum TxFailure {
+    Canceled(Vec<(Option<String>, Option<Item>)>),
+    Other(PortError),
+}
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn from_config(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn update(&self, key: Item) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TxFailure> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(c) => {
+                    Err(TxFailure::Canceled(
+                        c.cancellation_reasons()
+                            .iter()
+                            .map(|r| (r.code().map(str::to_owned), r.item().cloned()))
+                            .collect(),
+                    ))
+                }
+                other => Err(TxFailure::Other(PortError::unavailable(
+                    "dynamodb TransactWriteItems",
+                    other,
+                ))),
+            },
+        }
+    }
+
+    async fn batch_get(&self, keys: Vec<Item>) -> PortResult<Vec<Item>> {
+        let mut out = Vec::new();
+        // BatchGetItem takes at most 100 keys and may hand some back unprocessed.
+        for chunk in keys.chunks(100) {
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| PortError::unavailable("building BatchGetItem", e))?,
+            );
+            let mut rounds = 0;
+            while let Some(req) = request.take() {
+                rounds += 1;
+                if rounds > 10 {
+                    return Err(PortError::Contention);
+                }
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .send()
+                    .await
+                    .map_err(sdk("dynamodb BatchGetItem"))?;
+                if let Some(mut r) = resp.responses {
+                    out.extend(r.remove(&self.table).unwrap_or_default());
+                }
+                request = resp
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if request.is_some() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * rounds)).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn is_ccf(code: &Option<String>) -> bool {
+    code.as_deref() == Some("ConditionalCheckFailed")
+}
+
+impl Store for DynamoStore {
+    async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(product_pk(sku), META)))
+            .send()
+            .await
+            .map_err(sdk("dynamodb GetItem"))?;
+        resp.item.as_ref().map(decode_product).transpose()
+    }
+
+    async fn create_product(&self, product: &Product, stock: &[(u32, u64)]) -> PortResult<bool> {
+        let mut items = vec![TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(encode_product(product)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(|e| PortError::unavailable("building Put", e))?,
+            )
+            .build()];
+        for shard in 0..product.shards {
+            let units = stock
+                .iter()
+                .find(|(s, _)| *s == shard)
+                .map_or(0, |(_, u)| *u);
+            let mut item = key(product_pk(&product.sku), shard_sk(shard));
+            item.insert("available".into(), n(units));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(|e| PortError::unavailable("building Put", e))?,
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(TxFailure::Canceled(reasons)) if reasons.iter().any(|(c, _)| is_ccf(c)) => {
+                Ok(false)
+            }
+            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn add_stock(
+        &self,
+        product: &Product,
+        added: u64,
+        stock: &[(u32, u64)],
+    ) -> PortResult<bool> {
+        let mut set = vec![
+            "#name = :name".to_owned(),
+            "payment_window_seconds = :pw".to_owned(),
+        ];
+        let mut remove = Vec::new();
+        let mut meta = self
+            .update(key(product_pk(&product.sku), META))
+            .expression_attribute_names("#name", "name")
+            .expression_attribute_values(":name", s(&product.name))
+            .expression_attribute_values(":pw", n(product.payment_window_seconds))
+            .expression_attribute_values(":added", n(added));
+        for (attr, v) in [
+            ("per_user_limit", product.per_user_limit.map(i64::from)),
+            ("sale_starts_at", product.sale_starts_at),
+            ("sale_ends_at", product.sale_ends_at),
+        ] {
+            match v {
+                Some(v) => {
+                    set.push(format!("{attr} = :{attr}"));
+                    meta = meta.expression_attribute_values(format!(":{attr}"), n(v));
+                }
+                None => remove.push(attr),
+            }
+        }
+        let mut expr = format!("SET {} ADD stock_added :added", set.join(", "));
+        if !remove.is_empty() {
+            expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let meta = meta
+            .update_expression(expr)
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(|e| PortError::unavailable("building Update", e))?;
+        let mut items = vec![TransactWriteItem::builder().update(meta).build()];
+        for &(shard, units) in stock {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        self.update(key(product_pk(&product.sku), shard_sk(shard)))
+                            .update_expression("ADD available :u")
+                            .expression_attribute_values(":u", n(units))
+                            .build()
+                            .map_err(|e| PortError::unavailable("building Update", e))?,
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(TxFailure::Canceled(reasons)) if is_ccf(&reasons[0].0) => Ok(false),
+            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
+        let resp = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(product_pk(sku)))
+            .expression_attribute_values(":prefix", s("SHARD#"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("dynamodb Query"))?;
+        resp.items()
+            .iter()
+            .map(|item| {
+                let shard = get_s(item, "sk")
+                    .and_then(|sk| sk.strip_prefix("SHARD#"))
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| malformed("shard key"))?;
+                let available = get_n(item, "available").ok_or_else(|| malformed("available"))?;
+                Ok(ShardStock { shard, available })
+            })
+            .collect()
+    }
+
+    async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {
+        let keys = users
+            .iter()
+            .map(|u| key(product_pk(sku), buyer_sk(u)))
+            .collect();
+        let mut out = HashMap::new();
+        for item in self.batch_get(keys).await? {
+            let user = get_s(&item, "sk")
+                .and_then(|sk| sk.strip_prefix("BUYER#"))
+                .and_then(|u| UserId::parse(u).ok())
+                .ok_or_else(|| malformed("buyer key"))?;
+            out.insert(user, get_n(&item, "units").unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(encode_order(order)))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(CreateOrder::Created),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                    let item = c.item.ok_or_else(|| malformed("missing old order"))?;
+                    Ok(CreateOrder::Exists(decode_order(&item)?))
+                }
+                other => Err(PortError::unavailable("dynamodb PutItem", other)),
+            },
+        }
+    }
+
+    async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(order_pk(id), ORDER_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("dynamodb GetItem"))?;
+        resp.item.as_ref().map(decode_order).transpose()
+    }
+
+    async fn get_orders(&self, ids: &[OrderId]) -> PortResult<Vec<Order>> {
+        let mut unique: Vec<&OrderId> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let keys = unique
+            .into_iter()
+            .map(|id| key(order_pk(id), ORDER_SK))
+            .collect();
+        self.batch_get(keys)
+            .await?
+            .iter()
+            .map(decode_order)
+            .collect()
+    }
+
+    async fn commit(&self, sku: &Sku, c: &Commit) -> PortResult<Result<(), CommitRefused>> {
+        let build = |u: aws_sdk_dynamodb::types::builders::UpdateBuilder| {
+            u.build()
+                .map(|u| TransactWriteItem::builder().update(u).build())
+                .map_err(|e| PortError::unavailable("building Update", e))
+        };
+        let mut items = Vec::new();
+        for t in &c.takes {
+            items.push(build(
+                self.update(key(product_pk(sku), shard_sk(t.shard)))
+                    .update_expression("SET available = available - :u")
+                    .condition_expression("available >= :u")
+                    .expression_attribute_values(":u", n(t.units)),
+            )?);
+        }
+        for a in &c.accepted {
+            items.push(build(
+                self.update(key(order_pk(&a.order_id), ORDER_SK))
+                    .update_expression(
+                        "SET #status = :pending, updated_at = :now, expires_at = :exp, takes = :takes, counted = :counted",
+                    )
+                    .condition_expression("#status = :queued")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":pending", s("pending"))
+                    .expression_attribute_values(":queued", s("queued"))
+                    .expression_attribute_values(":now", n(c.now))
+                    .expression_attribute_values(":exp", n(a.expires_at))
+                    .expression_attribute_values(":takes", s(encode_takes(&a.takes)))
+                    .expression_attribute_values(":counted", AttributeValue::Bool(c.limit.is_some())),
+            )?);
+        }
+        if let Some(limit) = c.limit {
+            for (user, units) in &c.counters {
+                items.push(build(
+                    self.update(key(product_pk(sku), buyer_sk(user)))
+                        .update_expression("ADD units :u")
+                        .condition_expression("attribute_not_exists(units) OR units <= :max")
+                        .expression_attribute_values(":u", n(units))
+                        .expression_attribute_values(":max", n(limit.saturating_sub(*units))),
+                )?);
+            }
+        }
+        let reasons = match self.transact(items).await {
+            Ok(()) => return Ok(Ok(())),
+            Err(TxFailure::Other(e)) => return Err(e),
+            Err(TxFailure::Canceled(r)) => r,
+        };
+        let mut refused = CommitRefused::default();
+        let (shards, rest) = reasons.split_at(c.takes.len().min(reasons.len()));
+        let (orders, counters) = rest.split_at(c.accepted.len().min(rest.len()));
+        for (code, _) in &reasons {
+            if code.as_deref() == Some("TransactionConflict") {
+                refused.conflict = true;
+            }
+        }
+        for (t, (code, item)) in c.takes.iter().zip(shards) {
+            if is_ccf(code) {
+                let available = item
+                    .as_ref()
+                    .and_then(|i| get_n(i, "available"))
+                    .unwrap_or(0);
+                refused.shards.push(ShardStock {
+                    shard: t.shard,
+                    available,
+                });
+            }
+        }
+        for (a, (code, _)) in c.accepted.iter().zip(orders) {
+            if is_ccf(code) {
+                refused.decided.push(a.order_id.clone());
+            }
+        }
+        for ((user, _), (code, item)) in c.counters.iter().zip(counters) {
+            if is_ccf(code) {
+                let units = item.as_ref().and_then(|i| get_n(i, "units")).unwrap_or(0);
+                refused.counters.push((user.clone(), units));
+            }
+        }
+        let explained = refused.conflict
+            || !refused.shards.is_empty()
+            || !refused.decided.is_empty()
+            || !refused.counters.is_empty();
+        if !explained {
+            // Throttling or an internal error inside the transaction: not a business answer.
+            let codes: Vec<_> = reasons.iter().filter_map(|(c, _)| c.clone()).collect();
+            return Err(PortError::unavailable(
+                "dynamodb TransactWriteItems",
+                format!("transaction canceled: {}", codes.join(", ")),
+            ));
+        }
+        Ok(Err(refused))
+    }
+
+    async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(order_pk(id), ORDER_SK)))
+            .update_expression("SET #status = :rejected, reason = :reason, updated_at = :now")
+            .condition_expression("#status = :queued")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":rejected", s("rejected"))
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":reason", s(reason.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+                other => Err(PortError::unavailable("dynamodb UpdateItem", other)),
+            },
+        }
+    }
+
+    async fn advance(
+        &self,
+        order: &Order,
+        t: &flash_domain::order::Transition,
+        owner: Option<&UserId>,
+        now: Millis,
+    ) -> PortResult<Advance> {
+        let mut expr = "SET #status = :to, updated_at = :now".to_owned();
+        let mut cond = "#status = :from".to_owned();
+        let mut u = self
+            .update(key(order_pk(&order.id), ORDER_SK))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":to", s(t.to.as_str()))
+            .expression_attribute_values(":from", s(t.from.as_str()))
+            .expression_attribute_values(":now", n(now));
+        if let Some(r) = t.reason {
+            expr.push_str(", reason = :reason");
+            u = u.expression_attribute_values(":reason", s(r.as_str()));
+        }
+        if t.to != OrderStatus::Pending {
+            expr.push_str(" REMOVE expires_at");
+        }
+        if let Some(owner) = owner {
+            // Ownership is part of the write's condition, not a check before it.
+            cond.push_str(" AND #owner = :owner");
+            u = u
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":owner", s(owner.as_str()));
+        }
+        let u = u.update_expression(expr).condition_expression(cond);
+        let mut updated = order.clone();
+        updated.apply(t, now);
+
+        if !t.restores_stock {
+            let req = u
+                .build()
+                .map_err(|e| PortError::unavailable("building Update", e))?;
+            let result = self
+                .client
+                .update_item()
+                .table_name(req.table_name)
+                .set_key(Some(req.key))
+                .update_expression(req.update_expression)
+                .set_condition_expression(req.condition_expression)
+                .set_expression_attribute_names(req.expression_attribute_names)
+                .set_expression_attribute_values(req.expression_attribute_values)
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            return match result {
+                Ok(out) => Ok(Advance::Done(match out.attributes {
+                    Some(item) => decode_order(&item)?,
+                    None => updated,
+                })),
+                Err(e) => match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_) => Ok(Advance::Stale),
+                    other => Err(PortError::unavailable("dynamodb UpdateItem", other)),
+                },
+            };
+        }
+
+        // Stock comes back in the same transaction as the status change, so exactly once.
+        let mut items = vec![TransactWriteItem::builder()
+            .update(
+                u.build()
+                    .map_err(|e| PortError::unavailable("building Update", e))?,
+            )
+            .build()];
+        for take in &order.takes {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        self.update(key(product_pk(&order.sku), shard_sk(take.shard)))
+                            .update_expression("ADD available :u")
+                            .expression_attribute_values(":u", n(take.units))
+                            .build()
+                            .map_err(|e| PortError::unavailable("building Update", e))?,
+                    )
+                    .build(),
+            );
+        }
+        if order.counted {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        self.update(key(product_pk(&order.sku), buyer_sk(&order.owner)))
+                            .update_expression("ADD units :minus")
+                            .expression_attribute_values(
+                                ":minus",
+                                n(-i64::from(order.quantity.get())),
+                            )
+                            .build()
+                            .map_err(|e| PortError::unavailable("building Update", e))?,
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items).await {
+            Ok(()) => Ok(Advance::Done(updated)),
+            Err(TxFailure::Canceled(r)) if is_ccf(&r[0].0) => Ok(Advance::Stale),
+            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Other(e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_round_trip() {
+        let t = vec![
+            ShardTake { shard: 3, units: 2 },
+            ShardTake { shard: 0, units: 1 },
+        ];
+        assert_eq!(decode_takes(&encode_takes(&t)), Some(t));
+        assert_eq!(decode_takes(""), Some(vec![]));
+        assert_eq!(decode_takes("x"), None);
+    }
+}

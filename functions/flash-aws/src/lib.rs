@@ -1,0 +1,12 @@
+//! The AWS side of the functions: configuration read once at start-up, the DynamoDB and SQS
+//! adapters behind the domain's ports, the HTTP edge (claims, JSON bodies, errors) and logging.
+
+pub mod config;
+pub mod dynamo;
+pub mod http;
+pub mod sqs;
+pub mod telemetry;
+
+pub use config::Config;
+pub use dynamo::DynamoStore;
+pub use sqs::SqsQueue;

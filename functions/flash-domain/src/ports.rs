@@ -1,0 +1,146 @@
+//! The narrow interfaces the functions need from storage and the queue. The AWS adapters
+//! implement them over DynamoDB and SQS; tests implement them in memory.
+
+use crate::clock::Millis;
+use crate::ids::{OrderId, Sku, UserId};
+use crate::order::{Order, OrderMessage, Reason, ShardTake, Transition};
+use crate::product::Product;
+use std::collections::HashMap;
+use std::future::Future;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A dependency failed. Business outcomes (sold out, already processed, wrong status) are never
+/// errors: they come back as values.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{what} failed")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// Retries ran out against concurrent writers; the work is safe to redo later.
+    #[error("gave up after repeated write conflicts")]
+    Contention,
+}
+
+impl PortError {
+    pub fn unavailable(what: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            what,
+            source: source.into(),
+        }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// The units one stock shard holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStock {
+    pub shard: u32,
+    pub available: u64,
+}
+
+pub enum CreateOrder {
+    Created,
+    /// An order with that id exists already (a replay, or a reused key).
+    Exists(Order),
+}
+
+/// One group commit: the stock it takes, the orders it accepts, and the purchase counters it
+/// raises, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub takes: Vec<ShardTake>,
+    pub accepted: Vec<Accepted>,
+    /// (buyer, units added in this commit); each counter may not pass `limit`.
+    pub counters: Vec<(UserId, u32)>,
+    pub limit: Option<u32>,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub order_id: OrderId,
+    pub takes: Vec<ShardTake>,
+    pub expires_at: Millis,
+}
+
+/// Why a commit did not happen, from the values DynamoDB returned with the failed conditions.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRefused {
+    /// Shards whose condition failed, with what they hold now.
+    pub shards: Vec<ShardStock>,
+    /// Buyers whose counter would have passed the limit, with what they bought so far.
+    pub counters: Vec<(UserId, u32)>,
+    /// Orders that were no longer `queued`: a duplicate delivery already decided them.
+    pub decided: Vec<OrderId>,
+    /// Another transaction touched the same items at the same time.
+    pub conflict: bool,
+}
+
+pub enum Advance {
+    Done(Order),
+    /// The order changed since it was read (or is not the caller's): read it again.
+    Stale,
+}
+
+pub trait Store: Send + Sync {
+    fn get_product(&self, sku: &Sku) -> impl Future<Output = PortResult<Option<Product>>> + Send;
+    /// Creates the product with its first stock; `false` when it exists already.
+    fn create_product(
+        &self,
+        product: &Product,
+        stock: &[(u32, u64)],
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Updates the product's settings and adds stock to its shards; `false` when it does not
+    /// exist.
+    fn add_stock(
+        &self,
+        product: &Product,
+        added: u64,
+        stock: &[(u32, u64)],
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// What each shard holds, read consistently.
+    fn read_shards(&self, sku: &Sku) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
+    /// Units each buyer has bought of `sku`, read consistently; absent means none.
+    fn read_bought(
+        &self,
+        sku: &Sku,
+        users: &[UserId],
+    ) -> impl Future<Output = PortResult<HashMap<UserId, u32>>> + Send;
+
+    /// Writes a new `queued` order unless one with its id exists (the idempotency key).
+    fn create_order(&self, order: &Order) -> impl Future<Output = PortResult<CreateOrder>> + Send;
+    fn get_order(&self, id: &OrderId) -> impl Future<Output = PortResult<Option<Order>>> + Send;
+    /// Several orders, read consistently; missing ones are left out.
+    fn get_orders(&self, ids: &[OrderId]) -> impl Future<Output = PortResult<Vec<Order>>> + Send;
+
+    fn commit(
+        &self,
+        sku: &Sku,
+        commit: &Commit,
+    ) -> impl Future<Output = PortResult<Result<(), CommitRefused>>> + Send;
+    /// `queued` → `rejected`; `false` when the order was no longer queued.
+    fn reject(
+        &self,
+        id: &OrderId,
+        reason: Reason,
+        now: Millis,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Applies `t` to `order` (as read) with a condition on its status and, unless
+    /// `owner` is `None`, its owner. Stock comes back in the same write when `t` says so.
+    fn advance(
+        &self,
+        order: &Order,
+        t: &Transition,
+        owner: Option<&UserId>,
+        now: Millis,
+    ) -> impl Future<Output = PortResult<Advance>> + Send;
+}
+
+pub trait Queue: Send + Sync {
+    fn send(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<()>> + Send;
+}

@@ -1,0 +1,146 @@
+//! The SQS consumer: decides a batch of queued orders. Orders are read back from the table
+//! (the message only names them), grouped by product, and each group is committed with one
+//! transaction per stock write (see `flash_domain::commit`). A message that is not an order, or
+//! names no stored order, is reported failed alone so SQS retries it and finally moves it to
+//! the DLQ; the rest of the batch still succeeds.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use flash_domain::clock::now_ms;
+use flash_domain::commit::{by_product, decide_group};
+use flash_domain::ports::Store;
+use flash_domain::{Order, OrderId, OrderMessage};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+/// What one batch did, for logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub already_decided: usize,
+    pub transactions: usize,
+    pub failed: usize,
+}
+
+pub struct ProcessOrders<S> {
+    pub store: S,
+}
+
+impl<S: Store> ProcessOrders<S> {
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.process(event).await.0
+    }
+
+    pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, BatchReport) {
+        let mut report = BatchReport::default();
+        let mut failed: Vec<String> = Vec::new();
+        // order id → the message ids that carried it (a batch may hold duplicates).
+        let mut carriers: HashMap<OrderId, Vec<String>> = HashMap::new();
+        let mut messages: HashMap<OrderId, OrderMessage> = HashMap::new();
+        for record in event.records {
+            let Some(message_id) = record.message_id else {
+                continue;
+            };
+            match record
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<OrderMessage>)
+            {
+                Some(Ok(msg)) => {
+                    carriers
+                        .entry(msg.order_id.clone())
+                        .or_default()
+                        .push(message_id);
+                    messages.insert(msg.order_id.clone(), msg);
+                }
+                _ => {
+                    tracing::warn!(message_id, "message is not an order");
+                    failed.push(message_id);
+                }
+            }
+        }
+        let ids: Vec<OrderId> = carriers.keys().cloned().collect();
+        let orders = match self.store.get_orders(&ids).await {
+            Ok(orders) => orders,
+            Err(e) => {
+                tracing::error!(error = %e, "reading orders failed");
+                failed.extend(carriers.into_values().flatten());
+                return finish(failed, report);
+            }
+        };
+        // Trust the stored order, and only when the message agrees with it.
+        let mut found: HashSet<OrderId> = HashSet::new();
+        let orders: Vec<Order> = orders
+            .into_iter()
+            .filter(|o| {
+                messages.get(&o.id).is_some_and(|m| {
+                    m.sku == o.sku && m.quantity == o.quantity && m.user_id == o.owner
+                })
+            })
+            .inspect(|o| {
+                found.insert(o.id.clone());
+            })
+            .collect();
+        for (id, msgs) in &carriers {
+            if !found.contains(id) {
+                tracing::warn!(order_id = %id, "message names no matching order");
+                failed.extend(msgs.iter().cloned());
+            }
+        }
+        // Concurrent batches start at different shards so they rarely write the same item.
+        let mut h = DefaultHasher::new();
+        ids.first().hash(&mut h);
+        let start = h.finish() as usize;
+        let now = now_ms();
+        for (sku, group) in by_product(orders) {
+            let result = match self.store.get_product(&sku).await {
+                Ok(Some(product)) => decide_group(&self.store, &product, &group, now, start).await,
+                Ok(None) => {
+                    tracing::warn!(sku = %sku, "orders for an unknown product");
+                    failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(r) => {
+                    report.accepted += r.accepted.len();
+                    report.rejected += r.rejected.len();
+                    report.already_decided += r.already_decided.len();
+                    report.transactions += r.transactions;
+                    tracing::info!(
+                        sku = %sku,
+                        accepted = r.accepted.len(),
+                        rejected = r.rejected.len(),
+                        already_decided = r.already_decided.len(),
+                        transactions = r.transactions,
+                        refused = r.refused,
+                        "group decided"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(sku = %sku, error = %e, "group not decided; will be retried");
+                    failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
+                }
+            }
+        }
+        finish(failed, report)
+    }
+}
+
+fn finish(mut failed: Vec<String>, mut report: BatchReport) -> (SqsBatchResponse, BatchReport) {
+    failed.sort();
+    failed.dedup();
+    report.failed = failed.len();
+    let mut resp = SqsBatchResponse::default();
+    resp.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    (resp, report)
+}

