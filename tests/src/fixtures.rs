@@ -1,0 +1,129 @@
+//! Requests and SQS events built from the real sample payloads in `events/`, edited per test.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_http::Request;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+pub fn events_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events")
+}
+
+/// The fixture `events/{name}.json` as JSON.
+pub fn event(name: &str) -> Value {
+    let path = events_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An API Gateway HTTP API (payload 2.0) request, starting from a fixture.
+#[derive(Clone)]
+pub struct Req(pub Value);
+
+impl Req {
+    pub fn fixture(name: &str) -> Self {
+        Self(event(name))
+    }
+
+    /// `POST /orders` by `user` with `key` and `body`.
+    pub fn place_order(user: &str, key: &str, body: &str) -> Self {
+        Self::fixture("place-order").caller(user, false).header("idempotency-key", key).body(body)
+    }
+
+    pub fn get_order(user: &str, order_id: &str) -> Self {
+        Self::fixture("get-order")
+            .caller(user, false)
+            .path("order_id", order_id)
+            .raw_path(&format!("/orders/{order_id}"))
+    }
+
+    pub fn advance(user: &str, admin: bool, order_id: &str, action: &str) -> Self {
+        Self::fixture("advance-order")
+            .caller(user, admin)
+            .path("order_id", order_id)
+            .path("action", action)
+            .raw_path(&format!("/orders/{order_id}/{action}"))
+    }
+
+    pub fn put_product(sku: &str, body: &str) -> Self {
+        Self::fixture("put-product")
+            .caller("admin-1", true)
+            .path("sku", sku)
+            .raw_path(&format!("/products/{sku}"))
+            .body(body)
+    }
+
+    pub fn get_product(user: &str, sku: &str) -> Self {
+        Self::fixture("get-product")
+            .caller(user, false)
+            .path("sku", sku)
+            .raw_path(&format!("/products/{sku}"))
+    }
+
+    /// Sets the authorizer's claims as API Gateway's JWT authorizer passes them.
+    pub fn caller(mut self, sub: &str, admin: bool) -> Self {
+        let jwt = &mut self.0["requestContext"]["authorizer"]["jwt"];
+        jwt["claims"]["sub"] = json!(sub);
+        jwt["claims"]["scope"] = json!(if admin { "flash-sale/admin" } else { "" });
+        self
+    }
+
+    /// No authorizer context at all (what a handler sees if a route lost its authorizer).
+    pub fn anonymous(mut self) -> Self {
+        if let Some(ctx) = self.0["requestContext"].as_object_mut() {
+            ctx.remove("authorizer");
+        }
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0["headers"][name.to_ascii_lowercase()] = json!(value);
+        self
+    }
+
+    pub fn without_header(mut self, name: &str) -> Self {
+        if let Some(h) = self.0["headers"].as_object_mut() {
+            h.remove(&name.to_ascii_lowercase());
+        }
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.0["body"] = json!(body);
+        self.0["isBase64Encoded"] = json!(false);
+        self.0["headers"]["content-length"] = json!(body.len().to_string());
+        self
+    }
+
+    pub fn path(mut self, name: &str, value: &str) -> Self {
+        self.0["pathParameters"][name] = json!(value);
+        self
+    }
+
+    fn raw_path(mut self, path: &str) -> Self {
+        self.0["rawPath"] = json!(path);
+        self.0["requestContext"]["http"]["path"] = json!(path);
+        self
+    }
+
+    pub fn build(&self) -> Request {
+        lambda_http::request::from_str(&self.0.to_string()).expect("fixture is a valid v2 request")
+    }
+}
+
+/// An SQS event in the shape of `events/process-orders.json` carrying these (message id,
+/// body) pairs.
+pub fn sqs_event(messages: &[(String, String)]) -> SqsEvent {
+    let mut e = event("process-orders");
+    let template = e["Records"][0].clone();
+    e["Records"] = messages
+        .iter()
+        .map(|(id, body)| {
+            let mut r = template.clone();
+            r["messageId"] = json!(id);
+            r["body"] = json!(body);
+            r
+        })
+        .collect();
+    serde_json::from_value(e).expect("fixture is a valid SQS event")
+}

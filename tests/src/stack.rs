@@ -1,0 +1,79 @@
+//! The local stack the emulator tests run against: DynamoDB Local and fauxqs, started by
+//! `make test` (`infra/stack.py up`), which writes their endpoints to a `stack.env` file.
+//! Without it these tests fail loudly; they never skip.
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use flash_aws::{DynamoStore, SqsQueue};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+fn env_file() -> std::path::PathBuf {
+    match std::env::var("STACK_ENV") {
+        Ok(p) => p.into(),
+        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/test/stack.env"),
+    }
+}
+
+/// The variables of `stack.env`, also exported to this process so the SDK finds the endpoints.
+pub fn vars() -> &'static HashMap<String, String> {
+    static VARS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    VARS.get_or_init(|| {
+        let path = env_file();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the local stack is not running ({}: {e}). Run the tests with `make test`, \
+                 which starts DynamoDB Local and fauxqs, or start them with `make stack-up`.",
+                path.display()
+            )
+        });
+        let vars: HashMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+            .collect();
+        for (k, v) in &vars {
+            // Safe: set once, before any test starts a client, under the OnceLock.
+            unsafe { std::env::set_var(k, v) };
+        }
+        vars
+    })
+}
+
+pub fn var(name: &str) -> String {
+    vars().get(name).cloned().unwrap_or_else(|| panic!("{name} missing from stack.env"))
+}
+
+pub async fn sdk() -> aws_config::SdkConfig {
+    vars();
+    flash_aws::config::sdk_config().await
+}
+
+pub async fn store() -> DynamoStore {
+    DynamoStore::from_config(&sdk().await, var("TABLE_NAME"))
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk().await)
+}
+
+/// A fresh queue for one test, with the orders queue's visibility timeout, so tests running
+/// in parallel never drain each other's messages.
+pub async fn test_queue(name: &str) -> (SqsQueue, String) {
+    let client = sqs().await;
+    let unique = format!("{name}-{}", rand::random::<u32>());
+    let url = client
+        .create_queue()
+        .queue_name(unique)
+        .attributes(QueueAttributeName::VisibilityTimeout, "30")
+        .send()
+        .await
+        .expect("fauxqs answers CreateQueue")
+        .queue_url
+        .expect("queue url");
+    (SqsQueue::new(client, url.clone()), url)
+}
+
+/// A SKU no other test uses.
+pub fn unique_sku(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
