@@ -1,0 +1,493 @@
+//! In-memory fakes of the store and the queue for handler tests. `FakeStore` keeps the
+//! semantics of `flash_aws::dynamo::DynamoStore` item for item: every write checks all its
+//! conditions first and then applies everything or nothing, and a failed condition answers with
+//! the same values the adapter decodes from DynamoDB. Both fakes can be told to fail, so tests
+//! can check what a handler leaves behind when a dependency is down.
+
+use crate::fixtures::sqs_event;
+use aws_lambda_events::event::sqs::SqsEvent;
+use flash_domain::clock::Millis;
+use flash_domain::order::Transition;
+use flash_domain::ports::{
+    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, ShardStock, Store,
+};
+use flash_domain::{Order, OrderId, OrderMessage, OrderStatus, Product, Reason, Sku, UserId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// DynamoDB's cap on items in one `TransactWriteItems`; the real table refuses more.
+const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// Everything the table holds, one map per item kind of the single-table layout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub products: BTreeMap<Sku, Product>,
+    /// `available` of each stock shard item.
+    pub shards: BTreeMap<(Sku, u32), u64>,
+    /// `units` of each buyer counter item. Signed, as DynamoDB's `ADD` allows, so a bug that
+    /// gives back more than was counted shows up instead of being clamped away.
+    pub bought: BTreeMap<(Sku, UserId), i64>,
+    pub orders: BTreeMap<OrderId, Order>,
+}
+
+/// Fails the next `n` calls (of one operation, or of any).
+#[derive(Default)]
+struct Faults {
+    any: AtomicUsize,
+    by_op: Mutex<HashMap<&'static str, usize>>,
+}
+
+impl Faults {
+    fn check(&self, op: &'static str) -> PortResult<()> {
+        let by_op = {
+            let mut map = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get_mut(op) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        let hit = by_op
+            || self
+                .any
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if hit {
+            Err(PortError::unavailable(op, "injected fault"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Default)]
+struct StoreInner {
+    state: Mutex<State>,
+    faults: Faults,
+    calls: AtomicUsize,
+}
+
+/// The DynamoDB store in memory. Clones share one table, so every handler in a test can hold
+/// its own copy.
+#[derive(Clone, Default)]
+pub struct FakeStore {
+    inner: Arc<StoreInner>,
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next `n` store calls, whatever they are, fail as an unavailable dependency.
+    pub fn fail(&self, n: usize) {
+        self.inner.faults.any.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of one operation (`"create_order"`, `"commit"`, ... as named by the
+    /// [`Store`] method) fail; other operations still work.
+    pub fn fail_on(&self, op: &'static str, n: usize) {
+        let mut map = self
+            .inner
+            .faults
+            .by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.insert(op, n);
+    }
+
+    /// How many store calls were made, failed ones included.
+    pub fn calls(&self) -> usize {
+        self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// The whole table, for "wrote nothing" comparisons.
+    pub fn snapshot(&self) -> State {
+        self.state().clone()
+    }
+
+    pub fn order(&self, id: &OrderId) -> Option<Order> {
+        self.state().orders.get(id).cloned()
+    }
+
+    pub fn orders(&self) -> Vec<Order> {
+        self.state().orders.values().cloned().collect()
+    }
+
+    pub fn product(&self, sku: &Sku) -> Option<Product> {
+        self.state().products.get(sku).cloned()
+    }
+
+    /// Units left over all shards of `sku`.
+    pub fn available(&self, sku: &Sku) -> u64 {
+        self.state()
+            .shards
+            .iter()
+            .filter(|((s, _), _)| s == sku)
+            .map(|(_, a)| *a)
+            .sum()
+    }
+
+    /// The buyer counter of (`sku`, `user`); 0 when it was never written.
+    pub fn bought(&self, sku: &Sku, user: &UserId) -> i64 {
+        self.state()
+            .bought
+            .get(&(sku.clone(), user.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes a product and its shards directly, as an admin's first `PUT` would.
+    pub fn seed_product(&self, product: Product, stock: u64) {
+        let mut st = self.state();
+        for shard in 0..product.shards {
+            st.shards.insert((product.sku.clone(), shard), 0);
+        }
+        for (shard, units) in product.split(stock) {
+            st.shards.insert((product.sku.clone(), shard), units);
+        }
+        st.products.insert(product.sku.clone(), product);
+    }
+
+    /// Writes (or overwrites) an order directly.
+    pub fn seed_order(&self, order: Order) {
+        self.state().orders.insert(order.id.clone(), order);
+    }
+
+    /// Changes a stored product in place (e.g. to close its sale window).
+    pub fn edit_product(&self, sku: &Sku, edit: impl FnOnce(&mut Product)) {
+        if let Some(p) = self.state().products.get_mut(sku) {
+            edit(p);
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock must not hide the state from the others.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call goes through here: count it, then maybe fail it.
+    fn enter(&self, op: &'static str) -> PortResult<MutexGuard<'_, State>> {
+        self.inner.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.faults.check(op)?;
+        Ok(self.state())
+    }
+}
+
+/// DynamoDB refuses a transaction that is empty, too large, or names one item twice; the
+/// adapter reports that as an SDK error, i.e. unavailable.
+fn check_transaction(op: &'static str, keys: &[String]) -> PortResult<()> {
+    let unique: HashSet<&String> = keys.iter().collect();
+    if keys.is_empty() || keys.len() > MAX_TRANSACTION_ITEMS || unique.len() != keys.len() {
+        return Err(PortError::unavailable(
+            op,
+            format!("ValidationException: invalid transaction of {} items", keys.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl Store for FakeStore {
+    async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
+        let st = self.enter("get_product")?;
+        Ok(st.products.get(sku).cloned())
+    }
+
+    async fn create_product(&self, product: &Product, stock: &[(u32, u64)]) -> PortResult<bool> {
+        let mut st = self.enter("create_product")?;
+        let sku = &product.sku;
+        // One put per shard, each `attribute_not_exists(pk)`, like the product item itself.
+        if st.products.contains_key(sku)
+            || (0..product.shards).any(|i| st.shards.contains_key(&(sku.clone(), i)))
+        {
+            return Ok(false);
+        }
+        for shard in 0..product.shards {
+            let units = stock
+                .iter()
+                .find(|(s, _)| *s == shard)
+                .map_or(0, |(_, u)| *u);
+            st.shards.insert((sku.clone(), shard), units);
+        }
+        st.products.insert(sku.clone(), product.clone());
+        Ok(true)
+    }
+
+    async fn add_stock(
+        &self,
+        product: &Product,
+        added: u64,
+        stock: &[(u32, u64)],
+    ) -> PortResult<bool> {
+        let mut st = self.enter("add_stock")?;
+        let keys: Vec<String> = std::iter::once("META".to_owned())
+            .chain(stock.iter().map(|(s, _)| format!("SHARD#{s:03}")))
+            .collect();
+        check_transaction("add_stock", &keys)?;
+        let sku = &product.sku;
+        let Some(meta) = st.products.get_mut(sku) else {
+            return Ok(false);
+        };
+        // The adapter sets the settings and adds to stock_added; the shard count never changes.
+        meta.name.clone_from(&product.name);
+        meta.payment_window_seconds = product.payment_window_seconds;
+        meta.per_user_limit = product.per_user_limit;
+        meta.sale_starts_at = product.sale_starts_at;
+        meta.sale_ends_at = product.sale_ends_at;
+        meta.stock_added += added;
+        for &(shard, units) in stock {
+            *st.shards.entry((sku.clone(), shard)).or_default() += units;
+        }
+        Ok(true)
+    }
+
+    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
+        let st = self.enter("read_shards")?;
+        Ok(st
+            .shards
+            .iter()
+            .filter(|((s, _), _)| s == sku)
+            .map(|((_, shard), available)| ShardStock {
+                shard: *shard,
+                available: *available,
+            })
+            .collect())
+    }
+
+    async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {
+        let st = self.enter("read_bought")?;
+        Ok(users
+            .iter()
+            .filter_map(|u| {
+                let units = st.bought.get(&(sku.clone(), u.clone()))?;
+                // The adapter reads the counter as u32 and takes anything else as 0.
+                Some((u.clone(), u32::try_from(*units).unwrap_or(0)))
+            })
+            .collect())
+    }
+
+    async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
+        let mut st = self.enter("create_order")?;
+        if let Some(old) = st.orders.get(&order.id) {
+            return Ok(CreateOrder::Exists(old.clone()));
+        }
+        st.orders.insert(order.id.clone(), order.clone());
+        Ok(CreateOrder::Created)
+    }
+
+    async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
+        let st = self.enter("get_order")?;
+        Ok(st.orders.get(id).cloned())
+    }
+
+    async fn get_orders(&self, ids: &[OrderId]) -> PortResult<Vec<Order>> {
+        let st = self.enter("get_orders")?;
+        let mut unique: Vec<&OrderId> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        Ok(unique
+            .into_iter()
+            .filter_map(|id| st.orders.get(id).cloned())
+            .collect())
+    }
+
+    async fn commit(&self, sku: &Sku, c: &Commit) -> PortResult<Result<(), CommitRefused>> {
+        let mut st = self.enter("commit")?;
+        let limit = c.limit;
+        let counters: &[(UserId, u32)] = if limit.is_some() { &c.counters } else { &[] };
+        let keys: Vec<String> = c
+            .takes
+            .iter()
+            .map(|t| format!("SHARD#{:03}", t.shard))
+            .chain(c.accepted.iter().map(|a| format!("ORDER#{}", a.order_id)))
+            .chain(counters.iter().map(|(u, _)| format!("BUYER#{u}")))
+            .collect();
+        check_transaction("commit", &keys)?;
+
+        let mut refused = CommitRefused::default();
+        for t in &c.takes {
+            // A missing shard fails `available >= :u` and comes back without an item: 0.
+            let available = st.shards.get(&(sku.clone(), t.shard)).copied();
+            if available.is_none_or(|a| a < u64::from(t.units)) {
+                refused.shards.push(ShardStock {
+                    shard: t.shard,
+                    available: available.unwrap_or(0),
+                });
+            }
+        }
+        for a in &c.accepted {
+            let queued = st
+                .orders
+                .get(&a.order_id)
+                .is_some_and(|o| o.status == OrderStatus::Queued);
+            if !queued {
+                refused.decided.push(a.order_id.clone());
+            }
+        }
+        if let Some(limit) = limit {
+            for (user, units) in counters {
+                // `attribute_not_exists(units) OR units <= :max`, :max = limit - units (saturating).
+                let current = st.bought.get(&(sku.clone(), user.clone())).copied();
+                let max = i64::from(limit.saturating_sub(*units));
+                if current.is_some_and(|cur| cur > max) {
+                    refused
+                        .counters
+                        .push((user.clone(), current.and_then(|c| u32::try_from(c).ok()).unwrap_or(0)));
+                }
+            }
+        }
+        if !refused.shards.is_empty() || !refused.decided.is_empty() || !refused.counters.is_empty()
+        {
+            return Ok(Err(refused));
+        }
+
+        for t in &c.takes {
+            if let Some(a) = st.shards.get_mut(&(sku.clone(), t.shard)) {
+                *a -= u64::from(t.units);
+            }
+        }
+        for a in &c.accepted {
+            if let Some(o) = st.orders.get_mut(&a.order_id) {
+                o.status = OrderStatus::Pending;
+                o.updated_at = c.now;
+                o.expires_at = Some(a.expires_at);
+                o.takes.clone_from(&a.takes);
+                o.counted = limit.is_some();
+            }
+        }
+        for (user, units) in counters {
+            *st.bought.entry((sku.clone(), user.clone())).or_default() += i64::from(*units);
+        }
+        Ok(Ok(()))
+    }
+
+    async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
+        let mut st = self.enter("reject")?;
+        match st.orders.get_mut(id) {
+            Some(o) if o.status == OrderStatus::Queued => {
+                o.status = OrderStatus::Rejected;
+                o.reason = Some(reason);
+                o.updated_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn advance(
+        &self,
+        order: &Order,
+        t: &Transition,
+        owner: Option<&UserId>,
+        now: Millis,
+    ) -> PortResult<Advance> {
+        let mut st = self.enter("advance")?;
+        if t.restores_stock {
+            let mut keys = vec![format!("ORDER#{}", order.id)];
+            keys.extend(order.takes.iter().map(|t| format!("SHARD#{:03}", t.shard)));
+            if order.counted {
+                keys.push(format!("BUYER#{}", order.owner));
+            }
+            check_transaction("advance", &keys)?;
+        }
+        let Some(stored) = st.orders.get_mut(&order.id) else {
+            return Ok(Advance::Stale);
+        };
+        if stored.status != t.from || owner.is_some_and(|o| *o != stored.owner) {
+            return Ok(Advance::Stale);
+        }
+        // `SET status, updated_at[, reason]` and `REMOVE expires_at` unless the order stays
+        // pending: a transition without a reason leaves the stored one as it was.
+        stored.status = t.to;
+        stored.updated_at = now;
+        if let Some(r) = t.reason {
+            stored.reason = Some(r);
+        }
+        if t.to != OrderStatus::Pending {
+            stored.expires_at = None;
+        }
+        if !t.restores_stock {
+            // UpdateItem with ALL_NEW: the item as stored now.
+            return Ok(Advance::Done(stored.clone()));
+        }
+        // The transaction's answer is the order as read with the transition applied, and the
+        // stock comes back from what the order as read says it took.
+        for take in &order.takes {
+            *st.shards.entry((order.sku.clone(), take.shard)).or_default() +=
+                u64::from(take.units);
+        }
+        if order.counted {
+            *st
+                .bought
+                .entry((order.sku.clone(), order.owner.clone()))
+                .or_default() -= i64::from(order.quantity.get());
+        }
+        let mut updated = order.clone();
+        updated.apply(t, now);
+        Ok(Advance::Done(updated))
+    }
+}
+
+#[derive(Default)]
+struct QueueInner {
+    sent: Mutex<Vec<OrderMessage>>,
+    faults: Faults,
+}
+
+/// The orders queue in memory: records what was sent. Clones share one queue.
+#[derive(Clone, Default)]
+pub struct FakeQueue {
+    inner: Arc<QueueInner>,
+}
+
+impl FakeQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next `n` sends fail as an unavailable dependency.
+    pub fn fail(&self, n: usize) {
+        self.inner.faults.any.store(n, Ordering::SeqCst);
+    }
+
+    /// Everything sent so far, oldest first.
+    pub fn sent(&self) -> Vec<OrderMessage> {
+        self.messages().clone()
+    }
+
+    /// Removes and returns everything sent so far, as a consumer receiving it would.
+    pub fn take(&self) -> Vec<OrderMessage> {
+        std::mem::take(&mut *self.messages())
+    }
+
+    /// Takes everything sent so far as one SQS event, message ids `m0`, `m1`, ...
+    pub fn take_event(&self) -> SqsEvent {
+        let messages: Vec<(String, String)> = self
+            .take()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("m{i}"), message_body(m)))
+            .collect();
+        sqs_event(&messages)
+    }
+
+    fn messages(&self) -> MutexGuard<'_, Vec<OrderMessage>> {
+        self.inner.sent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The SQS body `place-order` sends for `m`.
+pub fn message_body(m: &OrderMessage) -> String {
+    serde_json::to_string(m).unwrap_or_default()
+}
+
+impl Queue for FakeQueue {
+    async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
+        self.inner.faults.check("send")?;
+        self.messages().push(msg.clone());
+        Ok(())
+    }
+}
