@@ -3,7 +3,7 @@
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
-.DEFAULT_GOAL := tools
+.DEFAULT_GOAL := test
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .tools/venv
@@ -15,7 +15,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: tools java lint-template stack-up stack-down
+.PHONY: tools java lint-template stack-up stack-down test
 
 tools: $(VENV)/.installed infra/node_modules/.package-lock.json java
 
@@ -46,3 +46,12 @@ stack-up: tools
 
 stack-down: | $(VENV)/.installed
 	$(PY) infra/stack.py down --state $(STATE)
+
+# Everything CI checks. The emulator tests run against a stack of their own (STATE), which is
+# stopped however the tests end; a stack that cannot start fails the run.
+test: tools
+	cargo build --workspace --all-targets --locked
+	$(MAKE) --no-print-directory lint-template
+	$(PY) infra/stack.py up --state $(STATE) >/dev/null
+	trap '$(PY) infra/stack.py down --state $(STATE)' EXIT; \
+	STACK_ENV=$(CURDIR)/$(STATE)/stack.env cargo test --workspace --locked

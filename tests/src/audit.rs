@@ -34,13 +34,23 @@ impl Audit {
     /// Invariants 1, 2, 3 and 5 (never oversell, conservation, one effect per order,
     /// consistent states). Panics listing every violation.
     pub fn assert_invariants(&self) -> &Self {
-        assert!(self.violations.is_empty(), "invariants violated for {}:\n{}", self.sku, self.violations.join("\n"));
+        assert!(
+            self.violations.is_empty(),
+            "invariants violated for {}:\n{}",
+            self.sku,
+            self.violations.join("\n")
+        );
         self
     }
 
     /// Invariant 4: no order is left undecided.
     pub fn assert_all_decided(&self) -> &Self {
-        assert_eq!(self.count(OrderStatus::Queued), 0, "undecided orders for {}", self.sku);
+        assert_eq!(
+            self.count(OrderStatus::Queued),
+            0,
+            "undecided orders for {}",
+            self.sku
+        );
         self
     }
 
@@ -70,7 +80,10 @@ fn n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
 pub async fn audit(store: &DynamoStore, sku: &str) -> Audit {
     let client = store.client();
     let sku_t = Sku::parse(sku).expect("valid sku");
-    let mut a = Audit { sku: sku.to_owned(), ..Audit::default() };
+    let mut a = Audit {
+        sku: sku.to_owned(),
+        ..Audit::default()
+    };
     let mut v = Vec::new();
 
     let mut product_items = Vec::new();
@@ -95,7 +108,11 @@ pub async fn audit(store: &DynamoStore, sku: &str) -> Audit {
     let mut limit = None;
     let mut counters: HashMap<String, i64> = HashMap::new();
     for item in &product_items {
-        let sk = item.get("sk").and_then(|s| s.as_s().ok()).cloned().unwrap_or_default();
+        let sk = item
+            .get("sk")
+            .and_then(|s| s.as_s().ok())
+            .cloned()
+            .unwrap_or_default();
         if sk == "META" {
             match decode_product(item) {
                 Ok(p) => {
@@ -170,14 +187,27 @@ pub async fn audit(store: &DynamoStore, sku: &str) -> Audit {
         }
         let reason_expected = matches!(o.status, OrderStatus::Rejected | OrderStatus::Canceled);
         if o.reason.is_some() != reason_expected {
-            v.push(format!("order {} is {} with reason {:?}", o.id, o.status.as_str(), o.reason));
+            v.push(format!(
+                "order {} is {} with reason {:?}",
+                o.id,
+                o.status.as_str(),
+                o.reason
+            ));
         }
         if o.expires_at.is_some() != (o.status == OrderStatus::Pending) {
-            v.push(format!("order {} is {} with expires_at {:?}", o.id, o.status.as_str(), o.expires_at));
+            v.push(format!(
+                "order {} is {} with expires_at {:?}",
+                o.id,
+                o.status.as_str(),
+                o.expires_at
+            ));
         }
     }
     if a.units_held > a.stock_added {
-        v.push(format!("oversold: {} units held, {} ever added", a.units_held, a.stock_added));
+        v.push(format!(
+            "oversold: {} units held, {} ever added",
+            a.units_held, a.stock_added
+        ));
     }
     if i128::from(a.stock_added) != i128::from(a.available) + i128::from(a.units_held) {
         v.push(format!(
@@ -188,17 +218,23 @@ pub async fn audit(store: &DynamoStore, sku: &str) -> Audit {
     for (user, units) in &counters {
         let held = held_by_user.get(user).copied().unwrap_or(0);
         if *units != held {
-            v.push(format!("buyer {user}: counter {units} but holds {held} units"));
+            v.push(format!(
+                "buyer {user}: counter {units} but holds {held} units"
+            ));
         }
         if let Some(limit) = limit {
             if *units > i64::from(limit) {
-                v.push(format!("buyer {user}: {units} units, above the limit {limit}"));
+                v.push(format!(
+                    "buyer {user}: {units} units, above the limit {limit}"
+                ));
             }
         }
     }
     for (user, held) in &held_by_user {
         if !counters.contains_key(user) && *held != 0 {
-            v.push(format!("buyer {user}: holds {held} counted units but has no counter"));
+            v.push(format!(
+                "buyer {user}: holds {held} counted units but has no counter"
+            ));
         }
     }
     a.violations = v;

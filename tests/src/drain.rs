@@ -55,7 +55,12 @@ pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
                     .expect("entry")
             })
             .collect::<Vec<_>>();
-        sqs.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await.expect("DeleteMessageBatch");
+        sqs.delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("DeleteMessageBatch");
     }
 }
 
@@ -70,7 +75,12 @@ async fn queue_empty(sqs: &Client, url: &str) -> bool {
         .expect("GetQueueAttributes")
         .attributes
         .unwrap_or_default();
-    let count = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1);
+    let count = |k: QueueAttributeName| {
+        attrs
+            .get(&k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1)
+    };
     count(QueueAttributeName::ApproximateNumberOfMessages) == 0
         && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0
 }
@@ -99,14 +109,24 @@ pub async fn drain<S: Store>(
             let event = sqs_event(
                 &msgs
                     .iter()
-                    .map(|m| (m.message_id().unwrap_or_default().to_owned(), m.body().unwrap_or_default().to_owned()))
+                    .map(|m| {
+                        (
+                            m.message_id().unwrap_or_default().to_owned(),
+                            m.body().unwrap_or_default().to_owned(),
+                        )
+                    })
                     .collect::<Vec<_>>(),
             );
             let (resp, report) = handler.process(event).await;
-            let failed: HashSet<&str> =
-                resp.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-            let done: Vec<&Message> =
-                msgs.iter().filter(|m| !failed.contains(m.message_id().unwrap_or_default())).collect();
+            let failed: HashSet<&str> = resp
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.as_str())
+                .collect();
+            let done: Vec<&Message> = msgs
+                .iter()
+                .filter(|m| !failed.contains(m.message_id().unwrap_or_default()))
+                .collect();
             delete(sqs, url, &done).await;
             stats.batches += 1;
             stats.messages += msgs.len();

@@ -184,7 +184,10 @@ fn check_transaction(op: &'static str, keys: &[String]) -> PortResult<()> {
     if keys.is_empty() || keys.len() > MAX_TRANSACTION_ITEMS || unique.len() != keys.len() {
         return Err(PortError::unavailable(
             op,
-            format!("ValidationException: invalid transaction of {} items", keys.len()),
+            format!(
+                "ValidationException: invalid transaction of {} items",
+                keys.len()
+            ),
         ));
     }
     Ok(())
@@ -333,9 +336,10 @@ impl Store for FakeStore {
                 let current = st.bought.get(&(sku.clone(), user.clone())).copied();
                 let max = i64::from(limit.saturating_sub(*units));
                 if current.is_some_and(|cur| cur > max) {
-                    refused
-                        .counters
-                        .push((user.clone(), current.and_then(|c| u32::try_from(c).ok()).unwrap_or(0)));
+                    refused.counters.push((
+                        user.clone(),
+                        current.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
+                    ));
                 }
             }
         }
@@ -416,12 +420,12 @@ impl Store for FakeStore {
         // The transaction's answer is the order as read with the transition applied, and the
         // stock comes back from what the order as read says it took.
         for take in &order.takes {
-            *st.shards.entry((order.sku.clone(), take.shard)).or_default() +=
-                u64::from(take.units);
+            *st.shards
+                .entry((order.sku.clone(), take.shard))
+                .or_default() += u64::from(take.units);
         }
         if order.counted {
-            *st
-                .bought
+            *st.bought
                 .entry((order.sku.clone(), order.owner.clone()))
                 .or_default() -= i64::from(order.quantity.get());
         }

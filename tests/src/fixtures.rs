@@ -27,7 +27,10 @@ impl Req {
 
     /// `POST /orders` by `user` with `key` and `body`.
     pub fn place_order(user: &str, key: &str, body: &str) -> Self {
-        Self::fixture("place-order").caller(user, false).header("idempotency-key", key).body(body)
+        Self::fixture("place-order")
+            .caller(user, false)
+            .header("idempotency-key", key)
+            .body(body)
     }
 
     pub fn get_order(user: &str, order_id: &str) -> Self {

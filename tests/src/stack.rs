@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 fn env_file() -> std::path::PathBuf {
     match std::env::var("STACK_ENV") {
         Ok(p) => p.into(),
-        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/test/stack.env"),
+        Err(_) => {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/test/stack.env")
+        }
     }
 }
 
@@ -40,7 +42,10 @@ pub fn vars() -> &'static HashMap<String, String> {
 }
 
 pub fn var(name: &str) -> String {
-    vars().get(name).cloned().unwrap_or_else(|| panic!("{name} missing from stack.env"))
+    vars()
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} missing from stack.env"))
 }
 
 pub async fn sdk() -> aws_config::SdkConfig {

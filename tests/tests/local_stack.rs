@@ -37,14 +37,23 @@ impl Sale {
     async fn open(prefix: &str, spec: Value) -> Sale {
         let store = stack::store().await;
         let sku = unique_sku(prefix);
-        let products = products::Products { store: store.clone() };
-        let resp = products.handle(Req::put_product(&sku, &spec.to_string()).build()).await;
+        let products = products::Products {
+            store: store.clone(),
+        };
+        let resp = products
+            .handle(Req::put_product(&sku, &spec.to_string()).build())
+            .await;
         assert_eq!(resp.status(), 201, "{:?}", body(&resp));
         let (queue, url) = stack::test_queue(prefix).await;
         Sale {
             sku,
-            place: Arc::new(PlaceOrder { store: store.clone(), queue }),
-            process: ProcessOrders { store: store.clone() },
+            place: Arc::new(PlaceOrder {
+                store: store.clone(),
+                queue,
+            }),
+            process: ProcessOrders {
+                store: store.clone(),
+            },
             store,
             sqs: stack::sqs().await,
             url,
@@ -53,7 +62,12 @@ impl Sale {
 
     /// `buyers` distinct buyers order `quantity(i)` units at once, at most `concurrency` in
     /// flight. Returns the order ids of the 202s.
-    async fn rush(&self, buyers: usize, concurrency: usize, quantity: impl Fn(usize) -> u32) -> Vec<String> {
+    async fn rush(
+        &self,
+        buyers: usize,
+        concurrency: usize,
+        quantity: impl Fn(usize) -> u32,
+    ) -> Vec<String> {
         let gate = Arc::new(Semaphore::new(concurrency));
         let tasks: Vec<_> = (0..buyers)
             .map(|i| {
@@ -73,13 +87,26 @@ impl Sale {
         for t in tasks {
             let resp = t.await.expect("task");
             assert_eq!(resp.status(), 202, "{:?}", body(&resp));
-            ids.push(body(&resp)["order_id"].as_str().expect("order_id").to_owned());
+            ids.push(
+                body(&resp)["order_id"]
+                    .as_str()
+                    .expect("order_id")
+                    .to_owned(),
+            );
         }
         ids
     }
 
     async fn drain(&self, consumers: usize) -> flash_tests::drain::DrainStats {
-        let stats = drain(&self.process, &self.sqs, &self.url, consumers, 100, Duration::from_secs(120)).await;
+        let stats = drain(
+            &self.process,
+            &self.sqs,
+            &self.url,
+            consumers,
+            100,
+            Duration::from_secs(120),
+        )
+        .await;
         assert_eq!(stats.failures, 0, "{stats:?}");
         stats
     }
@@ -93,23 +120,38 @@ async fn orders_flow_from_the_api_through_the_queue_to_a_decision() {
     let ids = sale.rush(8, 8, |_| 1).await;
     sale.drain(1).await;
     // THEN get-order shows 5 pending orders and 3 rejected as sold out
-    let get = get_order::GetOrder { store: sale.store.clone() };
+    let get = get_order::GetOrder {
+        store: sale.store.clone(),
+    };
     let mut statuses = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let resp = get.handle(Req::get_order(&format!("buyer-{i}"), id).build()).await;
+        let resp = get
+            .handle(Req::get_order(&format!("buyer-{i}"), id).build())
+            .await;
         assert_eq!(resp.status(), 200);
         let b = body(&resp);
         assert_eq!(b["order_id"], json!(id));
-        statuses.push((b["status"].as_str().unwrap().to_owned(), b["reason"].clone()));
+        statuses.push((
+            b["status"].as_str().unwrap().to_owned(),
+            b["reason"].clone(),
+        ));
         if b["status"] == "pending" {
             assert!(b["expires_at"].is_string());
         }
     }
     assert_eq!(statuses.iter().filter(|s| s.0 == "pending").count(), 5);
-    assert!(statuses.iter().filter(|s| s.0 == "rejected").all(|s| s.1 == json!("sold_out")));
+    assert!(statuses
+        .iter()
+        .filter(|s| s.0 == "rejected")
+        .all(|s| s.1 == json!("sold_out")));
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants().assert_all_decided().assert_nothing_stranded();
-    assert_eq!((a.available, a.units_held, a.rejected(Reason::SoldOut)), (0, 5, 3));
+    a.assert_invariants()
+        .assert_all_decided()
+        .assert_nothing_stranded();
+    assert_eq!(
+        (a.available, a.units_held, a.rejected(Reason::SoldOut)),
+        (0, 5, 3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -121,17 +163,24 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     let stats = sale.drain(4).await;
     // THEN exactly 100 are sold, 900 rejected sold out, nothing is left, everything decided
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants().assert_all_decided().assert_nothing_stranded();
+    a.assert_invariants()
+        .assert_all_decided()
+        .assert_nothing_stranded();
+    let writes = sale.store.stats().snapshot();
     println!(
         "1000 buyers / 100 units: accepted {} ({} units), rejected sold_out {}, available {}, \
-         orders {}, {} batches, {} stock transactions",
+         orders {}, {} batches, {} stock transactions, {} write requests, {} write units, \
+         {} stock-item writes",
         a.count(OrderStatus::Pending),
         a.units_held,
         a.rejected(Reason::SoldOut),
         a.available,
         a.orders.len(),
         stats.batches,
-        stats.transactions
+        stats.transactions,
+        writes.write_requests,
+        writes.write_units,
+        writes.stock_item_writes,
     );
     assert_eq!(ids.len(), 1000);
     assert_eq!(a.orders.len(), 1000);
@@ -144,13 +193,19 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sharded_stock_with_mixed_quantities_sells_out_without_stranding_a_unit() {
     // GIVEN 97 units over 4 shards
-    let sale = Sale::open("shards", json!({"name": "Tablet", "stock": 97, "shards": 4})).await;
+    let sale = Sale::open(
+        "shards",
+        json!({"name": "Tablet", "stock": 97, "shards": 4}),
+    )
+    .await;
     // WHEN 150 buyers order 1 to 3 units each
     sale.rush(150, 50, |i| (i % 3) as u32 + 1).await;
     sale.drain(3).await;
     // THEN every unit is sold: a rejected order never fit in what was left
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants().assert_all_decided().assert_nothing_stranded();
+    a.assert_invariants()
+        .assert_all_decided()
+        .assert_nothing_stranded();
     assert_eq!(a.shards.len(), 4);
     assert_eq!(a.available, 0, "{a:?}");
     assert_eq!(a.units_held, 97);
@@ -175,13 +230,18 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
     let mut copies: Vec<(String, String)> = Vec::new();
     for round in 0..3 {
         for m in &msgs {
-            copies.push((format!("{}-{round}", m.message_id().unwrap()), m.body().unwrap().to_owned()));
+            copies.push((
+                format!("{}-{round}", m.message_id().unwrap()),
+                m.body().unwrap().to_owned(),
+            ));
         }
     }
     use rand::seq::SliceRandom;
     copies.shuffle(&mut rand::rng());
-    let batches: Vec<_> = copies.chunks(25).map(|c| sqs_event(c)).collect();
-    let process = Arc::new(ProcessOrders { store: sale.store.clone() });
+    let batches: Vec<_> = copies.chunks(25).map(sqs_event).collect();
+    let process = Arc::new(ProcessOrders {
+        store: sale.store.clone(),
+    });
     let gate = Arc::new(Semaphore::new(6));
     let tasks: Vec<_> = batches
         .into_iter()
@@ -195,12 +255,21 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
         .collect();
     for t in tasks {
         let resp = t.await.expect("task");
-        assert!(resp.batch_item_failures.is_empty(), "{:?}", resp.batch_item_failures);
+        assert!(
+            resp.batch_item_failures.is_empty(),
+            "{:?}",
+            resp.batch_item_failures
+        );
     }
     // THEN exactly 60 units are held, each order decided once, stock conserved
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants().assert_all_decided().assert_nothing_stranded();
-    assert_eq!((a.units_held, a.available, a.rejected(Reason::SoldOut)), (60, 0, 140));
+    a.assert_invariants()
+        .assert_all_decided()
+        .assert_nothing_stranded();
+    assert_eq!(
+        (a.units_held, a.available, a.rejected(Reason::SoldOut)),
+        (60, 0, 140)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -209,9 +278,13 @@ async fn concurrent_cancels_and_refunds_return_each_unit_exactly_once() {
     let sale = Sale::open("cancel", json!({"name": "Camera", "stock": 40})).await;
     let ids = sale.rush(40, 40, |_| 1).await;
     sale.drain(2).await;
-    let advance = Arc::new(advance_order::AdvanceOrder { store: sale.store.clone() });
+    let advance = Arc::new(advance_order::AdvanceOrder {
+        store: sale.store.clone(),
+    });
     for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
-        let resp = advance.handle(Req::advance(&format!("buyer-{i}"), false, id, "pay").build()).await;
+        let resp = advance
+            .handle(Req::advance(&format!("buyer-{i}"), false, id, "pay").build())
+            .await;
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(audit(&sale.store, &sale.sku).await.available, 0);
@@ -219,11 +292,15 @@ async fn concurrent_cancels_and_refunds_return_each_unit_exactly_once() {
     let mut tasks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let action = if i % 2 == 0 { "refund" } else { "cancel" };
-        let mut reqs: Vec<_> = (0..3).map(|_| Req::advance(&format!("buyer-{i}"), false, id, action)).collect();
+        let mut reqs: Vec<_> = (0..3)
+            .map(|_| Req::advance(&format!("buyer-{i}"), false, id, action))
+            .collect();
         reqs.push(Req::advance("admin-1", true, id, action));
         for req in reqs {
             let advance = advance.clone();
-            tasks.push(tokio::spawn(async move { advance.handle(req.build()).await }));
+            tasks.push(tokio::spawn(
+                async move { advance.handle(req.build()).await },
+            ));
         }
     }
     for t in tasks {
@@ -234,16 +311,29 @@ async fn concurrent_cancels_and_refunds_return_each_unit_exactly_once() {
     // THEN all 40 units are back, exactly once each
     let a = audit(&sale.store, &sale.sku).await;
     a.assert_invariants().assert_all_decided();
-    assert_eq!((a.available, a.units_held, a.count(OrderStatus::Canceled)), (40, 0, 40));
+    assert_eq!(
+        (a.available, a.units_held, a.count(OrderStatus::Canceled)),
+        (40, 0, 40)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purchase_limit_holds_across_concurrent_batches() {
     // GIVEN a limit of 2 per buyer and plenty of stock
-    let sale = Sale::open("limit", json!({"name": "Sneaker", "stock": 500, "per_user_limit": 2})).await;
+    let sale = Sale::open(
+        "limit",
+        json!({"name": "Sneaker", "stock": 500, "per_user_limit": 2}),
+    )
+    .await;
     // WHEN 10 buyers each place 6 orders of one unit with different keys
     let reqs: Vec<_> = (0..60)
-        .map(|i| Req::place_order(&format!("buyer-{}", i % 10), &format!("{}-k-{i}", sale.sku), &json!({"sku": sale.sku, "quantity": 1}).to_string()))
+        .map(|i| {
+            Req::place_order(
+                &format!("buyer-{}", i % 10),
+                &format!("{}-k-{i}", sale.sku),
+                &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+            )
+        })
         .collect();
     for r in reqs {
         assert_eq!(sale.place.handle(r.build()).await.status(), 202);

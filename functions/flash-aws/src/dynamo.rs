@@ -13,8 +13,8 @@
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use flash_domain::clock::Millis;
@@ -24,6 +24,8 @@ use flash_domain::ports::{
 };
 use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -198,10 +200,52 @@ enum TxFailure {
     Other(PortError),
 }
 
+/// Write traffic as this process sent it: what a hot product costs, counted where it happens.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    requests: AtomicU64,
+    /// Write capacity units DynamoDB reported consuming, in thousandths.
+    milli_units: AtomicU64,
+    /// Write attempts on stock shard items, the hot ones; failed attempts count too, since on
+    /// DynamoDB a failed conditional write still spends the item's write budget.
+    stock_item_writes: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WriteCounts {
+    pub write_requests: u64,
+    pub write_units: f64,
+    pub stock_item_writes: u64,
+}
+
+impl WriteStats {
+    pub fn snapshot(&self) -> WriteCounts {
+        WriteCounts {
+            write_requests: self.requests.load(Relaxed),
+            write_units: self.milli_units.load(Relaxed) as f64 / 1000.0,
+            stock_item_writes: self.stock_item_writes.load(Relaxed),
+        }
+    }
+
+    fn record<'a>(
+        &self,
+        capacity: impl IntoIterator<Item = &'a ConsumedCapacity>,
+        stock_items: usize,
+    ) {
+        self.requests.fetch_add(1, Relaxed);
+        self.stock_item_writes
+            .fetch_add(stock_items as u64, Relaxed);
+        let units: f64 = capacity.into_iter().filter_map(|c| c.capacity_units).sum();
+        self.milli_units
+            .fetch_add((units * 1000.0).round() as u64, Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    stats: Arc<WriteStats>,
 }
 
 impl DynamoStore {
@@ -209,6 +253,7 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            stats: Arc::default(),
         }
     }
 
@@ -224,6 +269,10 @@ impl DynamoStore {
         &self.table
     }
 
+    pub fn stats(&self) -> &Arc<WriteStats> {
+        &self.stats
+    }
+
     fn update(&self, key: Item) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
         Update::builder()
             .table_name(&self.table)
@@ -231,14 +280,25 @@ impl DynamoStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
 
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TxFailure> {
-        match self
+    /// One transaction; `stock_items` of its items are stock shards.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        stock_items: usize,
+    ) -> Result<(), TxFailure> {
+        let result = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
-        {
+            .await;
+        let capacity = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.consumed_capacity.as_deref());
+        self.stats.record(capacity.unwrap_or_default(), stock_items);
+        match result {
             Ok(_) => Ok(()),
             Err(e) => match e.into_service_error() {
                 TransactWriteItemsError::TransactionCanceledException(c) => {
@@ -345,7 +405,7 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
-        match self.transact(items).await {
+        match self.transact(items, product.shards as usize).await {
             Ok(()) => Ok(true),
             Err(TxFailure::Canceled(reasons)) if reasons.iter().any(|(c, _)| is_ccf(c)) => {
                 Ok(false)
@@ -408,7 +468,7 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
-        match self.transact(items).await {
+        match self.transact(items, stock.len()).await {
             Ok(()) => Ok(true),
             Err(TxFailure::Canceled(reasons)) if is_ccf(&reasons[0].0) => Ok(false),
             Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
@@ -465,8 +525,14 @@ impl Store for DynamoStore {
             .set_item(Some(encode_order(order)))
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
+        let capacity = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.consumed_capacity.as_ref());
+        self.stats.record(capacity, 0);
         match result {
             Ok(_) => Ok(CreateOrder::Created),
             Err(e) => match e.into_service_error() {
@@ -549,7 +615,7 @@ impl Store for DynamoStore {
                 )?);
             }
         }
-        let reasons = match self.transact(items).await {
+        let reasons = match self.transact(items, c.takes.len()).await {
             Ok(()) => return Ok(Ok(())),
             Err(TxFailure::Other(e)) => return Err(e),
             Err(TxFailure::Canceled(r)) => r,
@@ -613,8 +679,14 @@ impl Store for DynamoStore {
             .expression_attribute_values(":queued", s("queued"))
             .expression_attribute_values(":reason", s(reason.as_str()))
             .expression_attribute_values(":now", n(now))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
+        let capacity = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.consumed_capacity.as_ref());
+        self.stats.record(capacity, 0);
         match result {
             Ok(_) => Ok(true),
             Err(e) => match e.into_service_error() {
@@ -671,8 +743,14 @@ impl Store for DynamoStore {
                 .set_expression_attribute_names(req.expression_attribute_names)
                 .set_expression_attribute_values(req.expression_attribute_values)
                 .return_values(ReturnValue::AllNew)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
+            let capacity = result
+                .as_ref()
+                .ok()
+                .and_then(|o| o.consumed_capacity.as_ref());
+            self.stats.record(capacity, 0);
             return match result {
                 Ok(out) => Ok(Advance::Done(match out.attributes {
                     Some(item) => decode_order(&item)?,
@@ -721,7 +799,7 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
-        match self.transact(items).await {
+        match self.transact(items, order.takes.len()).await {
             Ok(()) => Ok(Advance::Done(updated)),
             Err(TxFailure::Canceled(r)) if is_ccf(&r[0].0) => Ok(Advance::Stale),
             Err(TxFailure::Canceled(_)) => Err(PortError::Contention),

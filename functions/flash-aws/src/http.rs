@@ -78,6 +78,11 @@ pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<Option<T>, ApiErr
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
+    // serde would also read a struct from a JSON array of its field values; only objects are
+    // request bodies.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
     serde_json::from_slice(bytes)
         .map(Some)
         .map_err(|e| ApiError::invalid(format!("invalid JSON body: {}", strip_position(&e))))

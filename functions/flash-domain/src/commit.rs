@@ -58,6 +58,8 @@ pub async fn decide_group<S: Store>(
         reject(store, &mut report, &c.order_id, Reason::SaleNotOpen, now).await?;
     }
     let mut pending = open;
+    // First come, first served: storage returns orders in no particular order.
+    pending.sort_by(|a, b| (a.created_at, &a.order_id).cmp(&(b.created_at, &b.order_id)));
 
     // `view` is what we believe the shards hold; `fresh` says it was read in this attempt, the
     // only time a sold-out rejection may be trusted.

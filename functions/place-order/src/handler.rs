@@ -27,16 +27,24 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         let body: OrderRequest =
             json_body(req)?.ok_or_else(|| ApiError::invalid("a JSON body is required"))?;
         let now = now_ms();
+        let id = OrderId::derive(&caller.user, &key);
         let product = self
             .store
             .get_product(&body.sku)
             .await?
             .ok_or(ApiError::NotFound("product"))?;
         if !product.sale_open(now) {
-            return Err(ApiError::SaleNotOpen);
+            // A replay of an order admitted while the sale was open still gets its answer.
+            return match self.store.get_order(&id).await? {
+                Some(existing) if existing.fingerprint == body.fingerprint() => {
+                    self.answer(existing).await
+                }
+                Some(_) => Err(ApiError::IdempotencyKeyReused),
+                None => Err(ApiError::SaleNotOpen),
+            };
         }
         let order = Order {
-            id: OrderId::derive(&caller.user, &key),
+            id,
             owner: caller.user,
             sku: body.sku.clone(),
             quantity: body.quantity,
@@ -61,6 +69,11 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
                 existing
             }
         };
+        self.answer(current).await
+    }
+
+    /// The 202 for `current`, new or replayed.
+    async fn answer(&self, current: Order) -> Result<Response<Body>, ApiError> {
         // A replay of a still-queued order enqueues it again: if the first send failed after
         // the write, this is what gets it decided. A duplicate message is a no-op downstream.
         if current.status == OrderStatus::Queued {
