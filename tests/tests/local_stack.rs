@@ -4,7 +4,7 @@
 
 use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::{OrderStatus, Reason};
-use flash_tests::audit::audit;
+use flash_tests::audit::{audit, AuditAssertions};
 use flash_tests::drain::{delete, drain, receive_batch};
 use flash_tests::fixtures::{sqs_event, Req};
 use flash_tests::stack::{self, unique_sku};
@@ -343,4 +343,54 @@ async fn a_purchase_limit_holds_across_concurrent_batches() {
     let a = audit(&sale.store, &sale.sku).await;
     a.assert_invariants().assert_all_decided();
     assert_eq!((a.units_held, a.rejected(Reason::PurchaseLimit)), (20, 40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_invariant_checker_catches_a_lost_unit_and_a_broken_order() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    // GIVEN a clean sale of 3 units to 2 buyers
+    let sale = Sale::open("audit", json!({"name": "Lamp", "stock": 3})).await;
+    let ids = sale.rush(2, 2, |_| 1).await;
+    sale.drain(1).await;
+    audit(&sale.store, &sale.sku).await.assert_invariants();
+    let key = |pk: String, sk: &str| {
+        std::collections::HashMap::from([
+            ("pk".to_owned(), AttributeValue::S(pk)),
+            ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
+        ])
+    };
+    // WHEN a unit disappears from the shard behind the pipeline's back
+    sale.store
+        .client()
+        .update_item()
+        .table_name(sale.store.table())
+        .set_key(Some(key(format!("PRODUCT#{}", sale.sku), "SHARD#000")))
+        .update_expression("ADD available :m")
+        .expression_attribute_values(":m", AttributeValue::N("-1".into()))
+        .send()
+        .await
+        .expect("update");
+    // AND an order is marked pending without the stock it should hold
+    sale.store
+        .client()
+        .update_item()
+        .table_name(sale.store.table())
+        .set_key(Some(key(format!("ORDER#{}", ids[0]), "ORDER")))
+        .update_expression("SET takes = :none")
+        .expression_attribute_values(":none", AttributeValue::S(String::new()))
+        .send()
+        .await
+        .expect("update");
+    // THEN the checker reports both
+    let a = audit(&sale.store, &sale.sku).await;
+    assert!(
+        a.violations.iter().any(|v| v.starts_with("conservation")),
+        "{:?}",
+        a.violations
+    );
+    assert!(
+        a.violations.iter().any(|v| v.contains("took 0")),
+        "{:?}",
+        a.violations
+    );
 }

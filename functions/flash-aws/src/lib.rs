@@ -1,6 +1,7 @@
 //! The AWS side of the functions: configuration read once at start-up, the DynamoDB and SQS
 //! adapters behind the domain's ports, the HTTP edge (claims, JSON bodies, errors) and logging.
 
+pub mod audit;
 pub mod config;
 pub mod dynamo;
 pub mod http;
