@@ -15,7 +15,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: tools java lint-template stack-up stack-down test
+.PHONY: tools java lint-template stack-up stack-down test demo
 
 tools: $(VENV)/.installed infra/node_modules/.package-lock.json java
 
@@ -54,4 +54,40 @@ test: tools
 	$(MAKE) --no-print-directory lint-template
 	$(PY) infra/stack.py up --state $(STATE) >/dev/null
 	trap '$(PY) infra/stack.py down --state $(STATE)' EXIT; \
-	STACK_ENV=$(CURDIR)/$(STATE)/stack.env cargo test --workspace --locked
+	STACK_ENV=$(CURDIR)/$(STATE)/stack.env cargo test --workspace --locked; \
+	$(PY) infra/lambda-runtime-check.py $(STATE)/stack.env
+
+# The local stack in the background, in a state directory of its own (the tests use STATE).
+UP_STATE := .local
+PORT ?= 3000
+GATEWAY := target/debug/local-gateway
+
+.PHONY: up down token
+
+# DynamoDB Local, fauxqs, the tables and queues of template.yaml, and the local gateway (API
+# Gateway with its JWT authorizer, and the SQS event source) on 127.0.0.1:$(PORT). Writes
+# $(UP_STATE)/stack.env; the last line printed is API_URL=...
+up: tools
+	cargo build -p local-gateway
+	$(PY) infra/stack.py up --state $(UP_STATE) --gateway-port $(PORT)
+
+# Stops what `make up` started, by the pids it recorded, and says what it stopped.
+down: | $(VENV)/.installed
+	$(PY) infra/stack.py down --state $(UP_STATE)
+
+# Prints a bearer token the running stack accepts: make token SUB=alice [ADMIN=1]
+token:
+	@[ -n "$(SUB)" ] || { echo "usage: make token SUB=<user> [ADMIN=1]" >&2; exit 2; }
+	@cargo build -q -p local-gateway
+	@$(GATEWAY) token --state $(UP_STATE) --sub '$(SUB)' $(if $(filter 1 true yes,$(ADMIN)),--admin)
+
+# A flash sale on the local stack: starts it, runs the sale through the HTTP API, prints the
+# report, stops the stack (KEEP=1 leaves it running). Exits non-zero if an invariant fails.
+STOCK ?= 1000
+BUYERS ?= 10000
+CONCURRENCY ?= 64
+demo: up
+	cargo build -p flash-demo
+	status=0; ./target/debug/flash-demo --state $(UP_STATE) --stock $(STOCK) --buyers $(BUYERS) \
+	  --concurrency $(CONCURRENCY) || status=$$?; \
+	$(if $(filter 1 true yes,$(KEEP)),,$(PY) infra/stack.py down --state $(UP_STATE);) exit $$status

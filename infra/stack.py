@@ -5,18 +5,25 @@
 AWS::DynamoDB::Table and AWS::SQS::Queue declared in template.yaml (the template is the
 only copy of the schema; local names are the logical ids), and writes STATE/stack.env
 with the endpoints, dummy credentials and every function environment variable of the
-template resolved to local values. `down` stops what `up` started.
+template resolved to local values, and STATE/gateway.json: the template's HTTP API routes,
+SQS event source mappings and JWT authorizer, for infra/local-gateway. With --gateway-port,
+`up` also starts that gateway (the local API Gateway and Lambda event source) on
+127.0.0.1:PORT, adds API_URL to stack.env and prints `API_URL=...` last. `down` stops what
+`up` started.
 
 State layout (STATE defaults to .local):
   STATE/pids/<name>.pid   one per emulator process
   STATE/logs/<name>.log   its stdout and stderr
   STATE/stack.env         shell KEY=value lines, also printed by `up`
   STATE/env.json          the same per function, for `sam local invoke --env-vars`
+  STATE/gateway.json      routes, event source mappings and authorizer for the gateway
+  STATE/jwt/*.pem         the gateway's token signing key pair (made once, kept by `down`)
 
 `up` on a state directory whose emulators are all still running starts nothing: it
 says so on stderr, prints the existing stack.env and exits 0. If only some of them
 are running, it stops those and starts afresh (DynamoDB Local runs in memory, so a
-restart always begins with empty tables and queues).
+restart always begins with empty tables and queues). The gateway keeps no state of its own
+and is restarted on every `up`, so it always runs the binary just built.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +68,14 @@ PSEUDO_PARAMETERS = {
 # Emulator name -> a string its command line must contain, so `down` never signals a
 # process that merely reused a recorded pid.
 EMULATORS = {"dynamodb": "DynamoDBLocal.jar", "fauxqs": "fauxqs.mjs"}
+GATEWAY = "gateway"
+PROCESSES = {**EMULATORS, GATEWAY: "local-gateway"}
+GATEWAY_BINARY = ROOT / "target/debug/local-gateway"
+
+# The template's JwtIssuer/JwtAudience name a real identity provider. Locally the gateway is
+# the identity provider: `local-gateway token` signs with these and the gateway checks them.
+LOCAL_JWT_ISSUER = "flash-sale-local"
+LOCAL_JWT_AUDIENCE = ["flash-sale-api"]
 
 
 class StackError(Exception):
@@ -339,6 +356,142 @@ class LocalResources:
         return result
 
 
+# --- local gateway ---------------------------------------------------------------------
+
+FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
+# SAM's defaults where the template says nothing.
+DEFAULT_TIMEOUT_S = 3
+DEFAULT_SQS_BATCH_SIZE = 10
+# Lambda's SQS event source starts with five concurrent pollers when no maximum is set.
+DEFAULT_SQS_CONCURRENCY = 5
+
+
+def gateway_config(template: dict[str, Any], resources: LocalResources) -> dict[str, Any]:
+    """What the local gateway serves: the HTTP API's routes with their authorizer, each SQS
+    event source mapping with its queue's local URL, and the JWT authorizers."""
+    resolve = resources.resolver.resolve
+    globals_ = (template.get("Globals") or {}).get("Function") or {}
+    apis = {
+        logical_id: (resource.get("Properties") or {}).get("Auth") or {}
+        for logical_id, resource in resources.resources.items()
+        if resource.get("Type") == "AWS::Serverless::HttpApi"
+    }
+    authorizers: dict[str, Any] = {}
+    for auth in apis.values():
+        for name, spec in (auth.get("Authorizers") or {}).items():
+            # Lambda authorizers have no local equivalent; routes using one fail below.
+            if "JwtConfiguration" not in spec:
+                continue
+            authorizers[name] = {
+                "identity_source": spec.get("IdentitySource", "$request.header.Authorization"),
+                "issuer": LOCAL_JWT_ISSUER,
+                "audience": LOCAL_JWT_AUDIENCE,
+            }
+    throttle = {}
+    for resource in resources.resources.values():
+        if resource.get("Type") == "AWS::Serverless::HttpApi":
+            settings = resolve((resource.get("Properties") or {}).get("DefaultRouteSettings") or {})
+            if "ThrottlingRateLimit" in settings:
+                throttle = {
+                    "rate_per_s": float(settings["ThrottlingRateLimit"]),
+                    "burst": int(settings.get("ThrottlingBurstLimit", 0)),
+                }
+
+    queues_by_arn = {
+        values["Arn"]: values for values in resources.created.values() if "QueueUrl" in values
+    }
+    routes: list[dict[str, Any]] = []
+    mappings: list[dict[str, Any]] = []
+    for function, resource in resources.resources.items():
+        if resource.get("Type") not in FUNCTION_TYPES:
+            continue
+        properties = resource.get("Properties") or {}
+        binary = ((resource.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+        binary = binary or Path(str(properties.get("CodeUri", function))).name
+        timeout = properties.get("Timeout", globals_.get("Timeout", DEFAULT_TIMEOUT_S))
+        timeout_s = int(resolve(timeout))
+        for event_name, event in (properties.get("Events") or {}).items():
+            kind, p = event.get("Type"), event.get("Properties") or {}
+            where = f"{function}.{event_name}"
+            if kind == "HttpApi":
+                if str(p.get("PayloadFormatVersion", "2.0")) != "2.0":
+                    raise StackError(f"{where}: only payload format 2.0 runs locally")
+                api = (p.get("ApiId") or {}).get("Ref", "ServerlessHttpApi")
+                auth = p.get("Auth") or {}
+                authorizer = auth.get("Authorizer", apis.get(api, {}).get("DefaultAuthorizer"))
+                if authorizer == "NONE":
+                    authorizer = None
+                if authorizer is not None and authorizer not in authorizers:
+                    raise StackError(f"{where}: authorizer {authorizer} has no local equivalent")
+                routes.append({
+                    "method": str(resolve(p.get("Method", "ANY"))).upper(),
+                    "path": resolve(p.get("Path", "$default")),
+                    "function": function,
+                    "binary": binary,
+                    "timeout_s": timeout_s,
+                    "authorizer": authorizer,
+                    "authorization_scopes": resolve(auth.get("AuthorizationScopes") or []),
+                })
+            elif kind == "SQS":
+                arn = resolve(p["Queue"])
+                if arn not in queues_by_arn:
+                    raise StackError(f"{where}: queue {arn} is not in the template")
+                scaling = resolve(p.get("ScalingConfig") or {})
+                concurrency = scaling.get("MaximumConcurrency", DEFAULT_SQS_CONCURRENCY)
+                mappings.append({
+                    "function": function,
+                    "binary": binary,
+                    "timeout_s": timeout_s,
+                    "queue_url": queues_by_arn[arn]["QueueUrl"],
+                    "queue_arn": arn,
+                    "batch_size": int(resolve(p.get("BatchSize", DEFAULT_SQS_BATCH_SIZE))),
+                    "batching_window_s": int(resolve(p.get("MaximumBatchingWindowInSeconds", 0))),
+                    "max_concurrency": int(concurrency),
+                    "report_batch_item_failures": "ReportBatchItemFailures"
+                    in resolve(p.get("FunctionResponseTypes") or []),
+                    "enabled": str(resolve(p.get("Enabled", True))).lower() == "true",
+                })
+    return {
+        "region": REGION,
+        "authorizers": authorizers,
+        "throttle": throttle,
+        "routes": routes,
+        "event_source_mappings": mappings,
+    }
+
+
+def start_gateway(state: Path, port: int, binary: Path) -> int:
+    """Starts the gateway on 127.0.0.1:port, waits until it answers, records API_URL."""
+    if not binary.is_file():
+        raise StackError(f"{binary} not found: run `cargo build -p local-gateway`")
+    command = [str(binary), "serve", "--state", str(state), "--port", str(port)]
+    api_url = f"http://127.0.0.1:{port}"
+
+    def probe() -> None:
+        # Any route-less path answers API Gateway's 404; its request id header tells the
+        # gateway apart from some other server already holding the port.
+        try:
+            urllib.request.urlopen(f"{api_url}/", timeout=1)
+        except urllib.error.HTTPError as answer:
+            if answer.code == 404 and answer.headers.get("apigw-requestid"):
+                return
+        raise StackError(f"{api_url} is not the local gateway")
+
+    process = start(state, GATEWAY, command, ROOT)
+    try:
+        wait_until_ready(state, GATEWAY, process, probe, time.monotonic() + START_TIMEOUT_S)
+    except BaseException:
+        stop(state, quiet=True, only={GATEWAY})
+        raise
+    env_file = state / "stack.env"
+    lines = [l for l in env_file.read_text().splitlines() if not l.startswith("API_URL=")]
+    env_file.write_text("\n".join([*lines, f"API_URL={api_url}"]) + "\n")
+    log = state / "logs" / f"{GATEWAY}.log"
+    print(f"gateway up (pid {process.pid}); log {log}", file=sys.stderr)
+    print(f"API_URL={api_url}")
+    return 0
+
+
 # --- processes ------------------------------------------------------------------------
 
 
@@ -390,7 +543,7 @@ def is_ours(pid: int, name: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return EMULATORS[name].encode() in cmdline
+    return PROCESSES[name].encode() in cmdline
 
 
 def read_pids(state: Path) -> dict[str, int]:
@@ -449,13 +602,14 @@ def wait_until_ready(
         time.sleep(0.2)
 
 
-def stop(state: Path, quiet: bool = False) -> list[str]:
-    """SIGTERM every recorded emulator, SIGKILL what is left after a grace period."""
+def stop(state: Path, quiet: bool = False, only: set[str] | None = None) -> list[str]:
+    """SIGTERM every recorded process (or those named in `only`), SIGKILL what is left
+    after a grace period."""
     stopped = []
-    pids = read_pids(state)
+    pids = {n: p for n, p in read_pids(state).items() if only is None or n in only}
     signalled = {}
     for name, pid in pids.items():
-        if name in EMULATORS and is_ours(pid, name):
+        if name in PROCESSES and is_ours(pid, name):
             # Each emulator leads its own session (start_new_session), so its group
             # holds it and any child it forked, and nothing else.
             target = os.killpg if os.getpgid(pid) == pid else os.kill
@@ -486,9 +640,12 @@ def env_lines(values: dict[str, str]) -> list[str]:
 
 def cmd_up(state: Path, template_path: Path) -> int:
     env_file = state / "stack.env"
+    for line in stop(state, quiet=True, only={GATEWAY}):
+        print(f"stopped {line}", file=sys.stderr)
     pids = read_pids(state)
     if pids and all(name in EMULATORS and is_ours(pid, name) for name, pid in pids.items()):
-        if set(pids) == set(EMULATORS) and env_file.exists():
+        complete = env_file.exists() and (state / "gateway.json").exists()
+        if set(pids) == set(EMULATORS) and complete:
             print(f"stack already up in {state} (pids {sorted(pids.values())}); reusing it", file=sys.stderr)
             print(env_file.read_text(), end="")
             return 0
@@ -524,6 +681,7 @@ def cmd_up(state: Path, template_path: Path) -> int:
         resources = LocalResources(template, dynamodb_url, sqs_url)
         resources.create_all()
         functions = resources.function_environments(template)
+        gateway = gateway_config(template, resources)
     except BaseException:
         stop(state, quiet=True)
         raise
@@ -554,6 +712,7 @@ def cmd_up(state: Path, template_path: Path) -> int:
     env_json: dict[str, Any] = {"Parameters": dict(values)}
     env_json.update({function: variables for function, variables in functions.items()})
     (state / "env.json").write_text(json.dumps(env_json, indent=2) + "\n")
+    (state / "gateway.json").write_text(json.dumps(gateway, indent=2) + "\n")
     lines = env_lines(values)
     env_file.write_text("\n".join(lines) + "\n")
     print(f"stack up in {time.monotonic() - started:.1f} s; env in {env_file}", file=sys.stderr)
@@ -563,7 +722,7 @@ def cmd_up(state: Path, template_path: Path) -> int:
 
 def cmd_down(state: Path) -> int:
     stopped = stop(state)
-    for name in ("stack.env", "env.json"):
+    for name in ("stack.env", "env.json", "gateway.json"):
         (state / name).unlink(missing_ok=True)
     if stopped:
         for line in stopped:
@@ -584,11 +743,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--template", default=ROOT / "template.yaml", type=Path, help="SAM template (default: template.yaml)"
     )
+    parser.add_argument(
+        "--gateway-port", type=int, help="up: also start the local gateway on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--gateway-bin",
+        default=GATEWAY_BINARY,
+        type=Path,
+        help="the local-gateway binary (default: target/debug/local-gateway)",
+    )
     args = parser.parse_args(argv)
     state = args.state.resolve()
     try:
         if args.command == "up":
-            return cmd_up(state, args.template)
+            status = cmd_up(state, args.template)
+            if status == 0 and args.gateway_port is not None:
+                status = start_gateway(state, args.gateway_port, args.gateway_bin.resolve())
+            return status
         return cmd_down(state)
     except StackError as error:
         print(f"stack {args.command}: {error}", file=sys.stderr)

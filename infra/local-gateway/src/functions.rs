@@ -1,0 +1,72 @@
+//! The stack's functions, in process: the same handler structs each Lambda's `main.rs` builds,
+//! with clients built once and shared. A route or event source names its function by binary
+//! (crate) name, as template.yaml's `BuildProperties.Binary` does.
+
+use advance_order::AdvanceOrder;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::{DynamoStore, SqsQueue};
+use get_order::GetOrder;
+use lambda_http::{Body, Request, Response};
+use place_order::PlaceOrder;
+use process_orders::{BatchReport, ProcessOrders};
+use products::Products;
+
+/// A function behind an HTTP API route.
+pub enum HttpFunction {
+    PlaceOrder(PlaceOrder<DynamoStore, SqsQueue>),
+    GetOrder(GetOrder<DynamoStore>),
+    AdvanceOrder(AdvanceOrder<DynamoStore>),
+    Products(Products<DynamoStore>),
+}
+
+impl HttpFunction {
+    /// The function for a binary name, if it is an HTTP one.
+    pub fn build(binary: &str, store: &DynamoStore, queue: &SqsQueue) -> Option<Self> {
+        let store = store.clone();
+        Some(match binary {
+            "place-order" => Self::PlaceOrder(PlaceOrder {
+                store,
+                queue: queue.clone(),
+            }),
+            "get-order" => Self::GetOrder(GetOrder { store }),
+            "advance-order" => Self::AdvanceOrder(AdvanceOrder { store }),
+            "products" => Self::Products(Products { store }),
+            _ => return None,
+        })
+    }
+
+    pub async fn invoke(&self, req: Request) -> Response<Body> {
+        match self {
+            Self::PlaceOrder(f) => f.handle(req).await,
+            Self::GetOrder(f) => f.handle(req).await,
+            Self::AdvanceOrder(f) => f.handle(req).await,
+            Self::Products(f) => f.handle(req).await,
+        }
+    }
+}
+
+/// A function behind an SQS event source mapping.
+pub enum SqsFunction {
+    ProcessOrders(ProcessOrders<DynamoStore>),
+}
+
+impl SqsFunction {
+    pub fn build(binary: &str, store: &DynamoStore) -> Option<Self> {
+        match binary {
+            "process-orders" => Some(Self::ProcessOrders(ProcessOrders {
+                store: store.clone(),
+            })),
+            _ => None,
+        }
+    }
+
+    /// The function's answer, and what the batch did for the log.
+    pub async fn invoke(&self, event: SqsEvent) -> (SqsBatchResponse, Option<BatchReport>) {
+        match self {
+            Self::ProcessOrders(f) => {
+                let (response, report) = f.process(event).await;
+                (response, Some(report))
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `local-gateway serve`: the local API Gateway and SQS event source of a stack started by
+//! `infra/stack.py up`. `local-gateway token`: a bearer token that gateway accepts.
+
+use anyhow::{bail, Context, Result};
+use flash_aws::{DynamoStore, SqsQueue};
+use local_gateway::config::{read_stack_env, GatewayConfig};
+use local_gateway::event_source::{EventSource, LONG_POLL_S};
+use local_gateway::functions::{HttpFunction, SqsFunction};
+use local_gateway::jwt::{self, Verifier};
+use local_gateway::server::{self, Gateway};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const USAGE: &str = "usage:
+  local-gateway serve --state DIR [--port 3000]
+  local-gateway token --state DIR --sub USER [--admin] [--ttl-seconds 3600]";
+/// `sam local start-api`'s port.
+const DEFAULT_PORT: u16 = 3000;
+const DEFAULT_TTL_S: u64 = 3600;
+/// How long pollers may take to finish their batch in hand once shutdown begins.
+const POLLER_DRAIN: Duration = Duration::from_secs(4);
+
+enum Command {
+    Serve {
+        state: PathBuf,
+        port: u16,
+    },
+    Token {
+        state: PathBuf,
+        sub: String,
+        admin: bool,
+        ttl_s: u64,
+    },
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Command> {
+    let command = args.next().context("no command")?;
+    if command != "serve" && command != "token" {
+        bail!("unknown command {command}");
+    }
+    let (mut state, mut port, mut sub, mut admin, mut ttl_s) =
+        (None, DEFAULT_PORT, None, false, DEFAULT_TTL_S);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--state" => state = Some(PathBuf::from(value()?)),
+            "--port" if command == "serve" => port = value()?.parse().context("--port")?,
+            "--sub" if command == "token" => sub = Some(value()?),
+            "--admin" if command == "token" => admin = true,
+            "--ttl-seconds" if command == "token" => {
+                ttl_s = value()?.parse().context("--ttl-seconds")?
+            }
+            _ => bail!("unknown argument {flag}"),
+        }
+    }
+    let state = state.context("--state DIR is required")?;
+    match command.as_str() {
+        "serve" => Ok(Command::Serve { state, port }),
+        "token" => {
+            let sub = sub
+                .filter(|s| !s.is_empty())
+                .context("--sub USER is required")?;
+            Ok(Command::Token {
+                state,
+                sub,
+                admin,
+                ttl_s,
+            })
+        }
+        other => bail!("unknown command {other}"),
+    }
+}
+
+fn main() -> ExitCode {
+    let command = match parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("local-gateway: {e:#}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Serve { state, port } => serve(state, port),
+        Command::Token {
+            state,
+            sub,
+            admin,
+            ttl_s,
+        } => jwt::mint(&state, &sub, admin, Duration::from_secs(ttl_s))
+            .map(|token| println!("{token}"))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("local-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(state: PathBuf, port: u16) -> Result<()> {
+    // The SDK and the functions' configuration read the environment: load the stack's before
+    // any thread starts. A RUST_LOG given by the caller wins over the template's.
+    let caller_log = std::env::var_os("RUST_LOG");
+    for (key, value) in read_stack_env(&state)? {
+        std::env::set_var(key, value);
+    }
+    if let Some(level) = caller_log {
+        std::env::set_var("RUST_LOG", level);
+    }
+    flash_aws::telemetry::init();
+    if jwt::ensure_keys(&state)? {
+        tracing::info!(dir = %state.join("jwt").display(), "made the stack's token signing key pair");
+    }
+    let config = GatewayConfig::load(&state)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(state, port, config))
+}
+
+async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
+    let app = flash_aws::Config::from_env(true)?;
+    let sdk = flash_aws::config::sdk_config().await;
+    let store = DynamoStore::from_config(&sdk, &app.table_name);
+    let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
+
+    let mut functions = HashMap::new();
+    for route in &config.routes {
+        if let Some(function) = HttpFunction::build(&route.binary, &store, &queue) {
+            functions.insert(route.binary.clone(), Arc::new(function));
+        }
+    }
+    let mut verifiers = HashMap::new();
+    for (name, authorizer) in &config.authorizers {
+        verifiers.insert(name.clone(), Verifier::load(&state, authorizer)?);
+    }
+    let gateway = Arc::new(Gateway::new(
+        &config,
+        functions,
+        verifiers,
+        Some(store.stats().clone()),
+    )?);
+
+    // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own.
+    let poll_timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
+        .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
+        .build();
+    let poller_client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&sdk)
+            .timeout_config(poll_timeouts)
+            .build(),
+    );
+    let mut sources = Vec::new();
+    for mapping in &config.event_source_mappings {
+        let function = SqsFunction::build(&mapping.binary, &store).with_context(|| {
+            format!(
+                "no local handler for {} (binary {})",
+                mapping.function, mapping.binary
+            )
+        })?;
+        let source = EventSource::new(
+            mapping.clone(),
+            poller_client.clone(),
+            Arc::new(function),
+            &config.region,
+        );
+        sources.push(Arc::new(source));
+    }
+
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let (stop, stopped) = watch::channel(false);
+    let pollers: Vec<_> = sources
+        .into_iter()
+        .flat_map(|s| s.spawn(&stopped))
+        .collect();
+    let server = tokio::spawn(server::serve(listener, gateway, stopped.clone()));
+    tracing::info!(
+        port,
+        routes = config.routes.len(),
+        event_source_mappings = config.event_source_mappings.len(),
+        pollers = pollers.len(),
+        "local gateway listening on 127.0.0.1"
+    );
+
+    shutdown_signal().await?;
+    tracing::info!("stopping");
+    let _ = stop.send(true);
+    let _ = server.await;
+    if tokio::time::timeout(POLLER_DRAIN, join_all(pollers))
+        .await
+        .is_err()
+    {
+        tracing::warn!("pollers still busy at shutdown");
+    }
+    Ok(())
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
