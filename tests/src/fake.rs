@@ -241,10 +241,29 @@ impl Store for FakeStore {
         meta.sale_starts_at = product.sale_starts_at;
         meta.sale_ends_at = product.sale_ends_at;
         meta.stock_added += added;
+        meta.sold_out = false;
         for &(shard, units) in stock {
             *st.shards.entry((sku.clone(), shard)).or_default() += units;
         }
         Ok(true)
+    }
+
+    async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
+        let mut st = self.enter("mark_sold_out")?;
+        let empty = (0..product.shards).all(|i| {
+            st.shards
+                .get(&(product.sku.clone(), i))
+                .copied()
+                .unwrap_or(0)
+                == 0
+        });
+        match st.products.get_mut(&product.sku) {
+            Some(meta) if empty => {
+                meta.sold_out = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
@@ -390,7 +409,7 @@ impl Store for FakeStore {
     ) -> PortResult<Advance> {
         let mut st = self.enter("advance")?;
         if t.restores_stock {
-            let mut keys = vec![format!("ORDER#{}", order.id)];
+            let mut keys = vec![format!("ORDER#{}", order.id), "META".to_owned()];
             keys.extend(order.takes.iter().map(|t| format!("SHARD#{:03}", t.shard)));
             if order.counted {
                 keys.push(format!("BUYER#{}", order.owner));
@@ -423,6 +442,9 @@ impl Store for FakeStore {
             *st.shards
                 .entry((order.sku.clone(), take.shard))
                 .or_default() += u64::from(take.units);
+        }
+        if let Some(meta) = st.products.get_mut(&order.sku) {
+            meta.sold_out = false;
         }
         if order.counted {
             *st.bought

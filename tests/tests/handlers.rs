@@ -126,10 +126,8 @@ impl Env {
     }
 
     async fn place(&self, req: Req) -> Resp {
-        let h = PlaceOrder {
-            store: self.store.clone(),
-            queue: self.queue.clone(),
-        };
+        // A handler per request: its product cache never outlives a test's step.
+        let h = PlaceOrder::new(self.store.clone(), self.queue.clone());
         Resp::from(h.handle(req.build()).await)
     }
 
@@ -641,6 +639,30 @@ async fn an_order_before_the_sale_starts_or_after_it_ends_is_refused_as_not_open
         env.assert_place_refused(Req::place_order("alice", "k", ONE), 409, "sale_not_open")
             .await;
     }
+}
+
+#[tokio::test]
+async fn once_the_last_unit_sells_new_orders_are_refused_sold_out_without_a_write() {
+    // GIVEN SKU-1 with 2 units, both sold to alice and bob
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":2}"#).await;
+    let first = env.pending_order("alice", "a1", 1).await;
+    env.pending_order("bob", "b1", 1).await;
+    assert!(env.store.product(&sku(SKU)).expect("product").sold_out);
+    // WHEN carol orders
+    // THEN she is refused sold_out and nothing is written or enqueued
+    env.assert_place_refused(Req::place_order("carol", "c1", ONE), 409, "sold_out")
+        .await;
+    // AND alice's replay of her accepted order still answers it
+    let replay = env.place(Req::place_order("alice", "a1", ONE)).await;
+    assert_eq!((replay.status, replay.order_id()), (202, first.clone()));
+    // WHEN alice cancels, the unit comes back and the flag with it
+    let r = env
+        .advance(Req::advance("alice", false, first.as_str(), "cancel"))
+        .await;
+    assert_eq!(r.status, 200, "body: {}", r.body);
+    assert!(!env.store.product(&sku(SKU)).expect("product").sold_out);
+    // THEN carol is admitted
+    env.place_ok("carol", "c1", 1).await;
 }
 
 #[tokio::test]

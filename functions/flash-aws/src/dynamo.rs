@@ -13,8 +13,9 @@
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, ConsumedCapacity, KeysAndAttributes, Put,
+    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
 use aws_sdk_dynamodb::Client;
 use flash_domain::clock::Millis;
@@ -164,6 +165,11 @@ pub fn decode_product(item: &Item) -> PortResult<Product> {
         sale_ends_at: get_n(item, "sale_ends_at"),
         payment_window_seconds: get_n(item, "payment_window_seconds").unwrap_or(900),
         shards: get_n(item, "shards").filter(|&n: &u32| n > 0).unwrap_or(1),
+        sold_out: item
+            .get("sold_out")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
     })
 }
 
@@ -425,7 +431,8 @@ impl Store for DynamoStore {
             "#name = :name".to_owned(),
             "payment_window_seconds = :pw".to_owned(),
         ];
-        let mut remove = Vec::new();
+        // New stock means the product is no longer sold out.
+        let mut remove = vec!["sold_out"];
         let mut meta = self
             .update(key(product_pk(&product.sku), META))
             .expression_attribute_names("#name", "name")
@@ -472,6 +479,34 @@ impl Store for DynamoStore {
             Ok(()) => Ok(true),
             Err(TxFailure::Canceled(reasons)) if is_ccf(&reasons[0].0) => Ok(false),
             Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
+        let pk = product_pk(&product.sku);
+        let mut items = Vec::new();
+        for shard in 0..product.shards {
+            let check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(pk.clone(), shard_sk(shard))))
+                .condition_expression("available = :zero")
+                .expression_attribute_values(":zero", n(0))
+                .build()
+                .map_err(|e| PortError::unavailable("building ConditionCheck", e))?;
+            items.push(TransactWriteItem::builder().condition_check(check).build());
+        }
+        let meta = self
+            .update(key(pk, META))
+            .update_expression("SET sold_out = :t")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .build()
+            .map_err(|e| PortError::unavailable("building Update", e))?;
+        items.push(TransactWriteItem::builder().update(meta).build());
+        match self.transact(items, product.shards as usize).await {
+            Ok(()) => Ok(true),
+            Err(TxFailure::Canceled(_)) => Ok(false),
             Err(TxFailure::Other(e)) => Err(e),
         }
     }
@@ -783,6 +818,17 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
+        // Stock is back, so the product is no longer sold out.
+        items.push(
+            TransactWriteItem::builder()
+                .update(
+                    self.update(key(product_pk(&order.sku), META))
+                        .update_expression("REMOVE sold_out")
+                        .build()
+                        .map_err(|e| PortError::unavailable("building Update", e))?,
+                )
+                .build(),
+        );
         if order.counted {
             items.push(
                 TransactWriteItem::builder()

@@ -64,6 +64,7 @@ pub async fn decide_group<S: Store>(
     // `view` is what we believe the shards hold; `fresh` says it was read in this attempt, the
     // only time a sold-out rejection may be trusted.
     let mut view: Option<Vec<ShardStock>> = None;
+    let mut flagged = product.sold_out;
     let mut attempts = 0;
     let expires_at = now + i64::from(product.payment_window_seconds) * 1000;
     while !pending.is_empty() {
@@ -85,6 +86,9 @@ pub async fn decide_group<S: Store>(
             }
             None => HashMap::new(),
         };
+        if fresh && !flagged && shards.iter().all(|s| s.available == 0) {
+            flagged = store.mark_sold_out(product).await?;
+        }
         let p = plan(
             &pending,
             &shards,
@@ -123,7 +127,12 @@ pub async fn decide_group<S: Store>(
                         report.accepted.push(pending[*i].order_id.clone());
                         done.insert(*i);
                     }
-                    view = Some(after_takes(shards, &p.takes));
+                    let left = after_takes(shards, &p.takes);
+                    if !flagged && left.iter().all(|s| s.available == 0) {
+                        // Took the last units: from now on the API refuses without writing.
+                        flagged = store.mark_sold_out(product).await?;
+                    }
+                    view = Some(left);
                 }
                 Err(refused) => {
                     report.refused += 1;

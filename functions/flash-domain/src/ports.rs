@@ -103,6 +103,9 @@ pub trait Store: Send + Sync {
         added: u64,
         stock: &[(u32, u64)],
     ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Flags the product sold out, on condition that every one of its shards is empty at that
+    /// moment; `false` if one is not.
+    fn mark_sold_out(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
     /// What each shard holds, read consistently.
     fn read_shards(&self, sku: &Sku) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
     /// Units each buyer has bought of `sku`, read consistently; absent means none.
@@ -131,7 +134,8 @@ pub trait Store: Send + Sync {
         now: Millis,
     ) -> impl Future<Output = PortResult<bool>> + Send;
     /// Applies `t` to `order` (as read) with a condition on its status and, unless
-    /// `owner` is `None`, its owner. Stock comes back in the same write when `t` says so.
+    /// `owner` is `None`, its owner. Stock comes back in the same write when `t` says so, and
+    /// then the product's sold-out flag is cleared in it too.
     fn advance(
         &self,
         order: &Order,

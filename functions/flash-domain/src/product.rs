@@ -24,6 +24,9 @@ pub struct Product {
     pub sale_ends_at: Option<Millis>,
     pub payment_window_seconds: u32,
     pub shards: u32,
+    /// Every shard was seen empty (set atomically with that check; cleared by any write that
+    /// returns stock), so `place-order` can refuse without writing.
+    pub sold_out: bool,
 }
 
 impl Product {
@@ -146,6 +149,7 @@ impl ProductSpec {
             sale_ends_at,
             payment_window_seconds,
             shards,
+            sold_out: false,
         };
         Ok((product, stock))
     }

@@ -1,20 +1,56 @@
-//! `POST /orders`: admit an order. Validates, refuses fast when the sale is not open, writes
-//! the order `queued` with a conditional put (its id is derived from caller and
-//! Idempotency-Key, so the put is the idempotency check) and enqueues it. Never touches stock.
+//! `POST /orders`: admit an order. Validates, refuses fast when the sale is not open or the
+//! product is sold out (from a product read cached in the warm function), writes the order
+//! `queued` with a conditional put (its id is derived from caller and Idempotency-Key, so the
+//! put is the idempotency check) and enqueues it. Never touches stock.
 
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
 use flash_domain::clock::now_ms;
 use flash_domain::ports::{CreateOrder, Queue, Store};
-use flash_domain::{IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus};
+use flash_domain::{
+    IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus, Product, Sku,
+};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How stale the cached product may be. A sold-out flag cleared by a cancel reaches buyers
+/// within this long, and a hot product costs one read per warm function per period instead of
+/// one per order.
+pub const PRODUCT_TTL: Duration = Duration::from_secs(1);
 
 pub struct PlaceOrder<S, Q> {
     pub store: S,
     pub queue: Q,
+    products: Mutex<HashMap<Sku, (Instant, Product)>>,
 }
 
 impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
+    pub fn new(store: S, queue: Q) -> Self {
+        Self {
+            store,
+            queue,
+            products: Mutex::default(),
+        }
+    }
+
+    async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
+        let cached = self.products.lock().ok().and_then(|m| {
+            m.get(sku)
+                .filter(|(at, _)| at.elapsed() < PRODUCT_TTL)
+                .map(|(_, p)| p.clone())
+        });
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let product = self.store.get_product(sku).await?;
+        if let (Some(p), Ok(mut m)) = (&product, self.products.lock()) {
+            m.insert(sku.clone(), (Instant::now(), p.clone()));
+        }
+        Ok(product)
+    }
+
     pub async fn handle(&self, req: Request) -> Response<Body> {
         respond(self.place(&req).await)
     }
@@ -29,18 +65,25 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         let now = now_ms();
         let id = OrderId::derive(&caller.user, &key);
         let product = self
-            .store
-            .get_product(&body.sku)
+            .product(&body.sku)
             .await?
             .ok_or(ApiError::NotFound("product"))?;
-        if !product.sale_open(now) {
-            // A replay of an order admitted while the sale was open still gets its answer.
+        let refusal = if !product.sale_open(now) {
+            Some(ApiError::SaleNotOpen)
+        } else if product.sold_out {
+            Some(ApiError::SoldOut)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            // Refused without a write; but a replay of an order admitted earlier still gets
+            // its answer.
             return match self.store.get_order(&id).await? {
                 Some(existing) if existing.fingerprint == body.fingerprint() => {
                     self.answer(existing).await
                 }
                 Some(_) => Err(ApiError::IdempotencyKeyReused),
-                None => Err(ApiError::SaleNotOpen),
+                None => Err(refusal),
             };
         }
         let order = Order {

@@ -7,10 +7,10 @@ async fn main() -> Result<(), Error> {
     flash_aws::telemetry::init();
     let config = Config::from_env(true)?;
     let sdk = flash_aws::config::sdk_config().await;
-    let handler = &PlaceOrder {
-        store: DynamoStore::from_config(&sdk, &config.table_name),
-        queue: SqsQueue::from_config(&sdk, config.queue_url()?),
-    };
+    let handler = &PlaceOrder::new(
+        DynamoStore::from_config(&sdk, &config.table_name),
+        SqsQueue::from_config(&sdk, config.queue_url()?),
+    );
     run(service_fn(|req| async move {
         Ok::<_, Error>(handler.handle(req).await)
     }))

@@ -24,10 +24,7 @@ impl HttpFunction {
     pub fn build(binary: &str, store: &DynamoStore, queue: &SqsQueue) -> Option<Self> {
         let store = store.clone();
         Some(match binary {
-            "place-order" => Self::PlaceOrder(PlaceOrder {
-                store,
-                queue: queue.clone(),
-            }),
+            "place-order" => Self::PlaceOrder(PlaceOrder::new(store, queue.clone())),
             "get-order" => Self::GetOrder(GetOrder { store }),
             "advance-order" => Self::AdvanceOrder(AdvanceOrder { store }),
             "products" => Self::Products(Products { store }),
