@@ -180,6 +180,9 @@ async fn main() -> anyhow::Result<()> {
                 let _permit = gate.acquire().await.expect("semaphore never closes");
                 let b = buy(&api, &tokens[i], &sku, &format!("{sku}-order-{i}"), replay).await;
                 progress.placed.fetch_add(1, Relaxed);
+                if b.refused.is_some() {
+                    progress.decided.fetch_add(1, Relaxed); // answered at the API
+                }
                 b
             })
         })
@@ -312,7 +315,11 @@ async fn main() -> anyhow::Result<()> {
         sellout_s: last_sale
             .filter(|_| audit.available == 0)
             .map(|t| round((t - started_ms) as f64 / 1000.0)),
-        orders_per_s: round(decisions.len() as f64 / duration_s),
+        // Every buyer's order got an answer: decided by the processor, or refused at the API.
+        orders_per_s: round(
+            (decisions.len() + buyers.iter().filter(|b| b.refused.is_some()).count()) as f64
+                / duration_s,
+        ),
         api_latency_ms: Percentiles::of(
             buyers
                 .iter()

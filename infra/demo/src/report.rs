@@ -50,6 +50,7 @@ pub struct Report {
     pub replays: usize,
     pub duration_s: f64,
     pub sellout_s: Option<f64>,
+    /// Buyers' orders answered (decided, or refused at the API) per second.
     pub orders_per_s: f64,
     pub api_latency_ms: Percentiles,
     pub decision_latency_ms: Percentiles,
@@ -109,7 +110,7 @@ impl Report {
             self.sellout_s.map_or("-".into(), |s| format!("{s:.2}")),
         );
         row(
-            "orders decided per second",
+            "orders answered per second",
             format!("{:.0}", self.orders_per_s),
         );
         row(
