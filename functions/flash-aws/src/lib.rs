@@ -2,6 +2,7 @@
 //! adapters behind the domain's ports, the HTTP edge (claims, JSON bodies, errors) and logging.
 
 pub mod audit;
+pub mod capacity;
 pub mod config;
 pub mod dynamo;
 pub mod http;

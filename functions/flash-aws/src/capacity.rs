@@ -1,0 +1,1439 @@
+//! A capacity model for local runs: makes DynamoDB Local behave like DynamoDB under load.
+//!
+//! DynamoDB Local neither throttles nor raises `TransactionConflict`, so on one machine a hot
+//! item looks free and a benchmark hides the real bottleneck. [`CapacityModel`] wraps the SDK's
+//! HTTP client and, before a DynamoDB write leaves the process, applies what DynamoDB would:
+//!
+//! 1. **A write budget per item** (table + key attributes): a token bucket refilled at
+//!    [`CapacityModel::budget_per_item`] write units per second, with a burst of one second's
+//!    budget. `PutItem`/`UpdateItem`/`DeleteItem` cost 1 unit, `BatchWriteItem` 1 per item,
+//!    `TransactWriteItems` 2 per item (`ConditionCheck` items too). Units are charged when a
+//!    request is admitted, whatever DynamoDB answers (a failed condition costs the same). A
+//!    request with any item short of units is not sent; it gets the answer an on-demand table
+//!    gives for a hot key: `ThrottlingException` (which the SDK retries, 3 attempts by default)
+//!    for single-item and batch writes, and `TransactionCanceledException` with
+//!    `ThrottlingError` on the throttled items (`None` on the others) for transactions.
+//! 2. **Transaction conflicts**: the items of every `TransactWriteItems` are held from the
+//!    moment it is sent until its response arrives (or the attempt is dropped). A transaction
+//!    touching a held item is not sent and gets `TransactionCanceledException` with
+//!    `TransactionConflict` on the overlapping items; a `PutItem`/`UpdateItem`/`DeleteItem` on
+//!    a held item gets `TransactionConflictException`. Neither is retried by the SDK.
+//!
+//! Everything else (reads, SQS, any other host) passes through untouched. The synthetic answers
+//! are the JSON DynamoDB sends, so the SDK parses, classifies and retries them exactly like real
+//! ones. The model is opt-in (benchmarks only); nothing uses it by default.
+//!
+//! Simplifications: item size is ignored (every write is one unit per item); a
+//! `BatchWriteItem` with any throttled item is refused whole rather than partly processed with
+//! `UnprocessedItems`; conflicted or throttled requests spend no units; `TransactGetItems` is
+//! treated as a read and never conflicts.
+
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The DynamoDB JSON protocol's operation header: `DynamoDB_20120810.<Operation>`.
+const TARGET_HEADER: &str = "x-amz-target";
+const TARGET_PREFIX: &str = "DynamoDB_20120810.";
+const ERROR_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
+
+/// What DynamoDB says when an on-demand table's item (partition) runs out of write capacity.
+const THROTTLE_MESSAGE: &str = "Throughput exceeds the current capacity of your table or index. \
+DynamoDB is automatically scaling your table or index so please try again shortly. If exceptions \
+persist, check if you have a hot key: \
+https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html";
+const CONFLICT_MESSAGE: &str = "Transaction is ongoing for the item";
+
+/// Key attribute names assumed for a table until a request's `Key` shows the real ones.
+const DEFAULT_KEY_ATTRIBUTES: [&str; 2] = ["pk", "sk"];
+
+/// A DynamoDB write-capacity and transaction-conflict model for local runs (see the module
+/// docs). Cheap to clone: clones share one state.
+#[derive(Clone, Debug)]
+pub struct CapacityModel {
+    inner: Arc<Inner>,
+}
+
+/// What the model did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct CapacityStats {
+    /// Requests answered with a synthetic throttle (each SDK attempt counts).
+    pub throttles: u64,
+    /// Requests answered with a synthetic transaction conflict.
+    pub conflicts: u64,
+    /// Write units charged to items by the requests that were sent.
+    pub write_units_admitted: f64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Write units per second per item.
+    budget: f64,
+    /// Bucket size: one second's budget, but at least one transaction item's cost, so a tiny
+    /// budget still lets transactions through now and then.
+    burst: f64,
+    clock: Clock,
+    state: Mutex<State>,
+    throttles: AtomicU64,
+    conflicts: AtomicU64,
+    units_admitted: AtomicU64,
+    request_ids: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Clock {
+    Real(Instant),
+    #[cfg(test)]
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    fn now(&self) -> Duration {
+        match self {
+            Clock::Real(start) => start.elapsed(),
+            #[cfg(test)]
+            Clock::Manual(nanos) => Duration::from_nanos(nanos.load(Relaxed)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buckets: HashMap<ItemKey, Bucket>,
+    /// Items of transactions sent and not yet answered, with how many hold each.
+    in_flight: HashMap<ItemKey, u32>,
+    /// Key attribute names per table, learned from `Key` maps; used to find the key of an
+    /// item in a `Put`.
+    key_names: HashMap<String, Vec<String>>,
+    default_key_names: Vec<String>,
+    /// Bucket count above which full buckets are dropped (they equal absent ones).
+    prune_at: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Duration,
+}
+
+/// Table name + canonical key attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ItemKey {
+    table: String,
+    key: String,
+}
+
+const MIN_PRUNE_AT: usize = 4096;
+
+impl CapacityModel {
+    /// `item_write_units_per_s`: DynamoDB's per-item budget (1000.0); `scale`: factor applied
+    /// to it locally (e.g. 0.05 → 50 WCU/s per item) so it bites on one machine.
+    ///
+    /// # Panics
+    /// When the resulting budget is not a positive number (`f64::INFINITY` is allowed: no
+    /// throttling, conflicts only).
+    pub fn new(item_write_units_per_s: f64, scale: f64) -> Self {
+        let budget = item_write_units_per_s * scale;
+        assert!(
+            budget > 0.0,
+            "capacity model needs a positive per-item budget, got {item_write_units_per_s} × {scale}"
+        );
+        Self::with_clock(budget, Clock::Real(Instant::now()))
+    }
+
+    fn with_clock(budget: f64, clock: Clock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                budget,
+                burst: budget.max(2.0),
+                clock,
+                state: Mutex::new(State {
+                    default_key_names: DEFAULT_KEY_ATTRIBUTES.map(str::to_owned).to_vec(),
+                    prune_at: MIN_PRUNE_AT,
+                    ..State::default()
+                }),
+                throttles: AtomicU64::new(0),
+                conflicts: AtomicU64::new(0),
+                units_admitted: AtomicU64::new(0),
+                request_ids: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Key attribute names assumed for `PutItem` items of a table whose key the model has not
+    /// yet seen in an `UpdateItem`/`DeleteItem`/`ConditionCheck` `Key` (default `pk`, `sk`).
+    pub fn with_key_attributes(self, names: &[&str]) -> Self {
+        self.inner.lock().default_key_names = names.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    /// Write units per second each item gets: `item_write_units_per_s * scale`.
+    pub fn budget_per_item(&self) -> f64 {
+        self.inner.budget
+    }
+
+    pub fn stats(&self) -> CapacityStats {
+        CapacityStats {
+            throttles: self.inner.throttles.load(Relaxed),
+            conflicts: self.inner.conflicts.load(Relaxed),
+            write_units_admitted: self.inner.units_admitted.load(Relaxed) as f64,
+        }
+    }
+
+    /// `inner` with the model in front of it: give the result to the SDK's `http_client`
+    /// setter (`aws_config::ConfigLoader`, `SdkConfig::Builder`, `aws_sdk_dynamodb::Config`).
+    pub fn http_client(&self, inner: SharedHttpClient) -> SharedHttpClient {
+        SharedHttpClient::new(CapacityHttpClient {
+            model: self.clone(),
+            inner,
+        })
+    }
+}
+
+/// The HTTPS client the SDK uses when none is configured (hyper 1.x, rustls with aws-lc,
+/// proxy settings from the environment), for wrapping with [`CapacityModel::http_client`].
+pub fn default_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut builder =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder.set_proxy_config(Some(ProxyConfig::from_env()));
+        builder.build()
+    })
+}
+
+#[derive(Debug)]
+struct CapacityHttpClient {
+    model: CapacityModel,
+    inner: SharedHttpClient,
+}
+
+impl HttpClient for CapacityHttpClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(CapacityConnector {
+            model: self.model.clone(),
+            inner: self.inner.http_connector(settings, components),
+        })
+    }
+
+    fn validate_base_client_config(
+        &self,
+        runtime_components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.inner
+            .validate_base_client_config(runtime_components, cfg)
+    }
+
+    fn validate_final_config(
+        &self,
+        runtime_components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.inner.validate_final_config(runtime_components, cfg)
+    }
+
+    fn connector_metadata(
+        &self,
+    ) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
+        self.inner.connector_metadata()
+    }
+}
+
+#[derive(Debug)]
+struct CapacityConnector {
+    model: CapacityModel,
+    inner: SharedHttpConnector,
+}
+
+impl HttpConnector for CapacityConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        match self.model.inner.admit(&request) {
+            Admission::Pass => self.inner.call(request),
+            Admission::Hold(held) => {
+                let response = self.inner.call(request);
+                HttpConnectorFuture::new(async move {
+                    let result = response.await;
+                    drop(held);
+                    result
+                })
+            }
+            Admission::Refuse(response) => HttpConnectorFuture::ready(Ok(*response)),
+        }
+    }
+}
+
+/// One DynamoDB write request as the model sees it.
+enum Write {
+    Single(ItemKey),
+    Transact(Vec<ItemKey>),
+    Batch(Vec<ItemKey>),
+}
+
+enum Admission {
+    Pass,
+    /// Sent; the transaction's items stay held until this is dropped.
+    Hold(Held),
+    Refuse(Box<HttpResponse>),
+}
+
+/// Items of an in-flight transaction; released on drop (response, error or cancelled attempt).
+struct Held {
+    model: Arc<Inner>,
+    keys: Vec<ItemKey>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = self.model.lock();
+        for key in self.keys.drain(..) {
+            if let Some(n) = state.in_flight.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    state.in_flight.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every update is one step.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, request: &HttpRequest) -> Admission {
+        let Some(op) = request
+            .headers()
+            .get(TARGET_HEADER)
+            .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+        else {
+            return Admission::Pass;
+        };
+        if !matches!(
+            op,
+            "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems" | "BatchWriteItem"
+        ) {
+            return Admission::Pass;
+        }
+        let Some(body) = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        else {
+            return Admission::Pass;
+        };
+        let region = region_of(request);
+        let mut state = self.lock();
+        let Some(write) = parse_write(op, &body, &mut state) else {
+            // Not a request DynamoDB would accept; let it answer the validation error.
+            return Admission::Pass;
+        };
+        let now = self.clock.now();
+        match write {
+            Write::Single(key) => {
+                if state.in_flight.contains_key(&key) {
+                    drop(state);
+                    self.conflicts.fetch_add(1, Relaxed);
+                    return self
+                        .refuse(error_body("TransactionConflictException", CONFLICT_MESSAGE));
+                }
+                let keys = [key];
+                if !self.charge(&mut state, &keys, 1.0, now) {
+                    drop(state);
+                    self.throttles.fetch_add(1, Relaxed);
+                    return self.refuse(throttling_body(&keys, &region));
+                }
+                Admission::Pass
+            }
+            Write::Batch(keys) => {
+                if !self.charge(&mut state, &keys, 1.0, now) {
+                    drop(state);
+                    self.throttles.fetch_add(1, Relaxed);
+                    return self.refuse(throttling_body(&keys, &region));
+                }
+                Admission::Pass
+            }
+            Write::Transact(keys) => {
+                let conflicting: Vec<bool> = keys
+                    .iter()
+                    .map(|k| state.in_flight.contains_key(k))
+                    .collect();
+                if conflicting.contains(&true) {
+                    drop(state);
+                    self.conflicts.fetch_add(1, Relaxed);
+                    return self.refuse(canceled_body(&conflicting, "TransactionConflict"));
+                }
+                if !self.charge(&mut state, &keys, 2.0, now) {
+                    let short = self.short_items(&mut state, &keys, 2.0, now);
+                    drop(state);
+                    self.throttles.fetch_add(1, Relaxed);
+                    return self.refuse(canceled_body(&short, "ThrottlingError"));
+                }
+                let mut held = keys;
+                held.sort_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
+                held.dedup();
+                for key in &held {
+                    *state.in_flight.entry(key.clone()).or_default() += 1;
+                }
+                Admission::Hold(Held {
+                    model: Arc::clone(self),
+                    keys: held,
+                })
+            }
+        }
+    }
+
+    /// Charges `cost` per entry of `keys` if every item has the units; all or nothing.
+    fn charge(&self, state: &mut State, keys: &[ItemKey], cost: f64, now: Duration) -> bool {
+        if self.budget.is_infinite() {
+            self.admitted(keys.len() as f64 * cost);
+            return true;
+        }
+        let mut need: HashMap<&ItemKey, f64> = HashMap::new();
+        for key in keys {
+            *need.entry(key).or_default() += cost;
+        }
+        let fits = need
+            .iter()
+            .all(|(key, units)| self.tokens(state, key, now) >= *units);
+        if !fits {
+            return false;
+        }
+        for (key, units) in need {
+            let tokens = self.tokens(state, key, now) - units;
+            state
+                .buckets
+                .insert(key.clone(), Bucket { tokens, at: now });
+        }
+        self.admitted(keys.len() as f64 * cost);
+        self.prune(state, now);
+        true
+    }
+
+    /// Which entries of `keys` lack the units (counting repeats of one item together).
+    fn short_items(
+        &self,
+        state: &mut State,
+        keys: &[ItemKey],
+        cost: f64,
+        now: Duration,
+    ) -> Vec<bool> {
+        keys.iter()
+            .map(|key| {
+                let need = cost * keys.iter().filter(|k| *k == key).count() as f64;
+                self.tokens(state, key, now) < need
+            })
+            .collect()
+    }
+
+    /// The item's tokens now, after refilling (an unseen item has a full bucket).
+    fn tokens(&self, state: &State, key: &ItemKey, now: Duration) -> f64 {
+        match state.buckets.get(key) {
+            None => self.burst,
+            Some(b) => {
+                let elapsed = now.saturating_sub(b.at).as_secs_f64();
+                (b.tokens + elapsed * self.budget).min(self.burst)
+            }
+        }
+    }
+
+    fn admitted(&self, units: f64) {
+        self.units_admitted.fetch_add(units as u64, Relaxed);
+    }
+
+    /// Drops buckets that have refilled completely, once there are many.
+    fn prune(&self, state: &mut State, now: Duration) {
+        if state.buckets.len() < state.prune_at {
+            return;
+        }
+        let (budget, burst) = (self.budget, self.burst);
+        state
+            .buckets
+            .retain(|_, b| b.tokens + now.saturating_sub(b.at).as_secs_f64() * budget < burst);
+        state.prune_at = (state.buckets.len() * 2).max(MIN_PRUNE_AT);
+    }
+
+    fn refuse(&self, body: Value) -> Admission {
+        let id = self.request_ids.fetch_add(1, Relaxed);
+        let body = body.to_string();
+        let mut response = HttpResponse::new(
+            StatusCode::try_from(400).expect("400 is a valid status"),
+            SdkBody::from(body.clone()),
+        );
+        let headers = response.headers_mut();
+        headers.insert("content-type", "application/x-amz-json-1.0");
+        headers.insert("content-length", body.len().to_string());
+        headers.insert("x-amzn-requestid", format!("CAPACITYMODEL{id:020}"));
+        Admission::Refuse(Box::new(response))
+    }
+}
+
+/// The region from the request's SigV4 credential scope, for ARNs in throttling reasons.
+fn region_of(request: &HttpRequest) -> String {
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .filter(|r| !r.is_empty())
+        .unwrap_or("local")
+        .to_owned()
+}
+
+fn error_body(error: &str, message: &str) -> Value {
+    json!({ "__type": format!("{ERROR_PREFIX}{error}"), "message": message })
+}
+
+fn table_arn(table: &str, region: &str) -> String {
+    if table.starts_with("arn:") {
+        table.to_owned()
+    } else {
+        format!("arn:aws:dynamodb:{region}:000000000000:table/{table}")
+    }
+}
+
+/// `ThrottlingException` as an on-demand table answers a hot key.
+fn throttling_body(keys: &[ItemKey], region: &str) -> Value {
+    let mut tables: Vec<&str> = keys.iter().map(|k| k.table.as_str()).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let mut body = error_body("ThrottlingException", THROTTLE_MESSAGE);
+    body["throttlingReasons"] = tables
+        .into_iter()
+        .map(|t| {
+            json!({
+                "reason": "TableWriteKeyRangeThroughputExceeded",
+                "resource": table_arn(t, region),
+            })
+        })
+        .collect();
+    body
+}
+
+/// `TransactionCanceledException` with `code` on the flagged items and `None` on the rest.
+fn canceled_body(flagged: &[bool], code: &str) -> Value {
+    let message = match code {
+        "TransactionConflict" => CONFLICT_MESSAGE,
+        _ => THROTTLE_MESSAGE,
+    };
+    let reasons: Vec<Value> = flagged
+        .iter()
+        .map(|&f| {
+            if f {
+                json!({ "Code": code, "Message": message })
+            } else {
+                json!({ "Code": "None" })
+            }
+        })
+        .collect();
+    let codes: Vec<&str> = flagged
+        .iter()
+        .map(|&f| if f { code } else { "None" })
+        .collect();
+    json!({
+        "__type": format!("{ERROR_PREFIX}TransactionCanceledException"),
+        "Message": format!(
+            "Transaction cancelled, please refer cancellation reasons for specific reasons [{}]",
+            codes.join(", ")
+        ),
+        "CancellationReasons": reasons,
+    })
+}
+
+fn parse_write(op: &str, body: &Value, state: &mut State) -> Option<Write> {
+    match op {
+        "PutItem" => {
+            let table = body.get("TableName")?.as_str()?;
+            Some(Write::Single(item_key(state, table, body.get("Item")?)?))
+        }
+        "UpdateItem" | "DeleteItem" => {
+            let table = body.get("TableName")?.as_str()?;
+            Some(Write::Single(key_of(state, table, body.get("Key")?)?))
+        }
+        "TransactWriteItems" => {
+            let items = body.get("TransactItems")?.as_array()?;
+            items
+                .iter()
+                .map(|entry| {
+                    let (kind, action) = entry.as_object()?.iter().next()?;
+                    let table = action.get("TableName")?.as_str()?;
+                    match kind.as_str() {
+                        "Put" => item_key(state, table, action.get("Item")?),
+                        "Update" | "Delete" | "ConditionCheck" => {
+                            key_of(state, table, action.get("Key")?)
+                        }
+                        _ => None,
+                    }
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Write::Transact)
+        }
+        "BatchWriteItem" => {
+            let mut keys = Vec::new();
+            for (table, requests) in body.get("RequestItems")?.as_object()? {
+                for request in requests.as_array()? {
+                    if let Some(put) = request.get("PutRequest") {
+                        keys.push(item_key(state, table, put.get("Item")?)?);
+                    } else if let Some(delete) = request.get("DeleteRequest") {
+                        keys.push(key_of(state, table, delete.get("Key")?)?);
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            Some(Write::Batch(keys))
+        }
+        _ => None,
+    }
+}
+
+/// The item key of a `Key` map; also remembers the table's key attribute names.
+fn key_of(state: &mut State, table: &str, key: &Value) -> Option<ItemKey> {
+    let key = key.as_object()?;
+    if key.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = key.keys().cloned().collect();
+    names.sort_unstable();
+    if state.key_names.get(table) != Some(&names) {
+        state.key_names.insert(table.to_owned(), names);
+    }
+    Some(ItemKey {
+        table: table.to_owned(),
+        key: canonical(key.iter()),
+    })
+}
+
+/// The item key of a full item (`Put`): its key attributes, as learned for the table or the
+/// defaults; the whole item when none of them is present.
+fn item_key(state: &State, table: &str, item: &Value) -> Option<ItemKey> {
+    let item = item.as_object()?;
+    let names = state
+        .key_names
+        .get(table)
+        .unwrap_or(&state.default_key_names);
+    let key: Vec<(&String, &Value)> = item.iter().filter(|(n, _)| names.contains(n)).collect();
+    let key = if key.is_empty() {
+        canonical(item.iter())
+    } else {
+        canonical(key.into_iter())
+    };
+    Some(ItemKey {
+        table: table.to_owned(),
+        key,
+    })
+}
+
+/// A deterministic text for a set of attributes, independent of their order.
+fn canonical<'a>(attributes: impl Iterator<Item = (&'a String, &'a Value)>) -> String {
+    let mut parts: Vec<String> = attributes
+        .map(|(name, value)| format!("{}={}", Value::from(name.as_str()), sorted(value)))
+        .collect();
+    parts.sort_unstable();
+    parts.join(",")
+}
+
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect::<Map<_, _>>(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::retry::RetryConfig;
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
+    use aws_smithy_runtime_api::client::http::http_client_fn;
+    use tokio::sync::{Notify, Semaphore};
+
+    const TABLE: &str = "flash";
+
+    fn manual(budget: f64) -> (CapacityModel, Arc<AtomicU64>) {
+        let nanos = Arc::new(AtomicU64::new(0));
+        let model = CapacityModel::with_clock(budget, Clock::Manual(Arc::clone(&nanos)));
+        (model, nanos)
+    }
+
+    fn advance(clock: &AtomicU64, by: Duration) {
+        clock.fetch_add(by.as_nanos() as u64, Relaxed);
+    }
+
+    /// The inner HTTP client: answers `{}` (200) and counts calls; requests whose body contains
+    /// `hold`'s marker wait for a permit of its semaphore.
+    #[derive(Debug, Clone, Default)]
+    struct Mock {
+        calls: Arc<AtomicU64>,
+        hold: Option<(&'static str, Arc<Semaphore>)>,
+        entered: Arc<Notify>,
+    }
+
+    impl Mock {
+        fn holding(marker: &'static str) -> (Self, Arc<Semaphore>) {
+            let gate = Arc::new(Semaphore::new(0));
+            let mock = Self {
+                hold: Some((marker, Arc::clone(&gate))),
+                ..Self::default()
+            };
+            (mock, gate)
+        }
+
+        fn calls(&self) -> u64 {
+            self.calls.load(Relaxed)
+        }
+
+        fn connector(&self, model: &CapacityModel) -> CapacityConnector {
+            CapacityConnector {
+                model: model.clone(),
+                inner: SharedHttpConnector::new(self.clone()),
+            }
+        }
+
+        fn sdk_client(&self, model: &CapacityModel) -> aws_sdk_dynamodb::Client {
+            let mock = self.clone();
+            let inner = http_client_fn(move |_, _| SharedHttpConnector::new(mock.clone()));
+            let config = aws_sdk_dynamodb::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("eu-west-1"))
+                .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+                .endpoint_url("http://127.0.0.1:1")
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_initial_backoff(Duration::from_millis(1))
+                        .with_max_backoff(Duration::from_millis(5)),
+                )
+                .http_client(model.http_client(inner))
+                .build();
+            aws_sdk_dynamodb::Client::from_conf(config)
+        }
+    }
+
+    impl HttpConnector for Mock {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            self.calls.fetch_add(1, Relaxed);
+            let body = String::from_utf8_lossy(request.body().bytes().unwrap_or_default());
+            let gate = self
+                .hold
+                .as_ref()
+                .filter(|(marker, _)| body.contains(marker))
+                .map(|(_, gate)| Arc::clone(gate));
+            let entered = Arc::clone(&self.entered);
+            HttpConnectorFuture::new(async move {
+                entered.notify_one();
+                if let Some(gate) = gate {
+                    let _permit = gate.acquire().await.expect("gate stays open");
+                }
+                let mut response = HttpResponse::new(
+                    StatusCode::try_from(200).expect("valid"),
+                    SdkBody::from("{}"),
+                );
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/x-amz-json-1.0");
+                Ok(response)
+            })
+        }
+    }
+
+    fn request(op: &str, body: Value) -> HttpRequest {
+        let mut request = HttpRequest::new(SdkBody::from(body.to_string()));
+        request.set_method("POST").expect("valid method");
+        request
+            .set_uri("http://127.0.0.1:8000/")
+            .expect("valid uri");
+        request
+            .headers_mut()
+            .insert("x-amz-target", format!("{TARGET_PREFIX}{op}"));
+        request.headers_mut().insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKID/20260101/eu-west-1/dynamodb/aws4_request, \
+             SignedHeaders=host, Signature=00",
+        );
+        request
+    }
+
+    fn key(pk: &str, sk: &str) -> Value {
+        json!({ "pk": { "S": pk }, "sk": { "S": sk } })
+    }
+
+    fn put(pk: &str, sk: &str) -> HttpRequest {
+        let mut item = key(pk, sk);
+        item["status"] = json!({ "S": "queued" });
+        request("PutItem", json!({ "TableName": TABLE, "Item": item }))
+    }
+
+    fn update(pk: &str, sk: &str) -> HttpRequest {
+        request(
+            "UpdateItem",
+            json!({
+                "TableName": TABLE,
+                "Key": key(pk, sk),
+                "UpdateExpression": "SET available = available - :n",
+            }),
+        )
+    }
+
+    /// A transaction updating each `(pk, sk)`.
+    fn transact(items: &[(&str, &str)]) -> HttpRequest {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(pk, sk)| {
+                json!({ "Update": {
+                    "TableName": TABLE,
+                    "Key": key(pk, sk),
+                    "UpdateExpression": "SET v = :v",
+                }})
+            })
+            .collect();
+        request("TransactWriteItems", json!({ "TransactItems": items }))
+    }
+
+    async fn answer(conn: &CapacityConnector, request: HttpRequest) -> (u16, Value) {
+        let response = conn.call(request).await.expect("no connector error");
+        let body = response.body().bytes().expect("in-memory body");
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(body).expect("json body"),
+        )
+    }
+
+    fn error_type(body: &Value) -> &str {
+        body["__type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(ERROR_PREFIX))
+            .unwrap_or("")
+    }
+
+    fn reason_codes(body: &Value) -> Vec<&str> {
+        body["CancellationReasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .map(|r| r["Code"].as_str().expect("code"))
+            .collect()
+    }
+
+    #[test]
+    fn budget_is_the_scaled_item_limit() {
+        let model = CapacityModel::new(1000.0, 0.05);
+        assert!((model.budget_per_item() - 50.0).abs() < 1e-9);
+        assert_eq!(model.stats(), CapacityStats::default());
+        assert!(std::panic::catch_unwind(|| CapacityModel::new(1000.0, 0.0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn single_writes_admit_the_burst_then_throttle() {
+        let (model, _clock) = manual(5.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        for _ in 0..5 {
+            assert_eq!(answer(&conn, put("PRODUCT#a", "SHARD#000")).await.0, 200);
+        }
+        let (status, body) = answer(&conn, update("PRODUCT#a", "SHARD#000")).await;
+        assert_eq!(status, 400);
+        assert_eq!(error_type(&body), "ThrottlingException");
+        assert_eq!(
+            body["throttlingReasons"][0]["reason"],
+            "TableWriteKeyRangeThroughputExceeded"
+        );
+        assert_eq!(
+            body["throttlingReasons"][0]["resource"],
+            "arn:aws:dynamodb:eu-west-1:000000000000:table/flash"
+        );
+        // Another item has its own budget.
+        assert_eq!(answer(&conn, put("PRODUCT#a", "SHARD#001")).await.0, 200);
+        assert_eq!(mock.calls(), 6);
+        let stats = model.stats();
+        assert_eq!(stats.throttles, 1);
+        assert_eq!(stats.conflicts, 0);
+        assert_eq!(stats.write_units_admitted, 6.0);
+    }
+
+    #[tokio::test]
+    async fn budget_refills_over_time_up_to_one_second() {
+        let (model, clock) = manual(5.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        for _ in 0..5 {
+            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+        }
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        advance(&clock, Duration::from_millis(100)); // half a unit
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        advance(&clock, Duration::from_millis(100)); // one unit
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        // A long pause refills one second's budget, no more.
+        advance(&clock, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+        }
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(model.stats().throttles, 4);
+        assert_eq!(model.stats().write_units_admitted, 11.0);
+    }
+
+    #[tokio::test]
+    async fn real_clock_refills() {
+        let model = CapacityModel::new(1000.0, 0.004); // 4 units/s: one every 250 ms
+        let conn = Mock::default().connector(&model);
+        for _ in 0..4 {
+            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+        }
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn transaction_items_cost_two_units_each() {
+        let (model, _clock) = manual(4.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        // A ConditionCheck costs as much as a write.
+        let tx = request(
+            "TransactWriteItems",
+            json!({ "TransactItems": [
+                { "ConditionCheck": {
+                    "TableName": TABLE, "Key": key("a", "1"),
+                    "ConditionExpression": "attribute_exists(pk)" } },
+                { "Put": { "TableName": TABLE, "Item": {
+                    "pk": { "S": "b" }, "sk": { "S": "1" }, "n": { "N": "1" } } } },
+            ]}),
+        );
+        assert_eq!(answer(&conn, tx).await.0, 200);
+        assert_eq!(model.stats().write_units_admitted, 4.0);
+        // a and b have 2 units left: one more transaction each.
+        assert_eq!(
+            answer(&conn, transact(&[("a", "1"), ("c", "1")])).await.0,
+            200
+        );
+        let (status, body) = answer(&conn, transact(&[("c", "1"), ("a", "1")])).await;
+        assert_eq!(status, 400);
+        assert_eq!(error_type(&body), "TransactionCanceledException");
+        assert_eq!(reason_codes(&body), ["None", "ThrottlingError"]);
+        assert!(body["Message"]
+            .as_str()
+            .unwrap()
+            .ends_with("[None, ThrottlingError]"));
+        // Nothing of the refused transaction was charged: c still has 2 units.
+        assert_eq!(answer(&conn, transact(&[("c", "1")])).await.0, 200);
+        // b has 2 units: a single write (1 unit) fits twice, then it is throttled.
+        assert_eq!(answer(&conn, update("b", "1")).await.0, 200);
+        assert_eq!(answer(&conn, update("b", "1")).await.0, 200);
+        assert_eq!(answer(&conn, update("b", "1")).await.0, 400);
+        assert_eq!(mock.calls(), 5);
+        let stats = model.stats();
+        assert_eq!(stats.throttles, 2);
+        assert_eq!(stats.write_units_admitted, 4.0 + 4.0 + 2.0 + 2.0);
+    }
+
+    #[tokio::test]
+    async fn overlapping_transaction_conflicts_while_the_first_is_in_flight() {
+        let model = CapacityModel::new(1000.0, 1.0);
+        let (mock, gate) = Mock::holding("HOLD");
+        let conn = mock.connector(&model);
+        let first = conn.call(transact(&[
+            ("PRODUCT#x", "SHARD#000"),
+            ("ORDER#HOLD", "ORDER"),
+        ]));
+        let first = tokio::spawn(first);
+        mock.entered.notified().await;
+
+        let (status, body) = answer(
+            &conn,
+            transact(&[("ORDER#2", "ORDER"), ("PRODUCT#x", "SHARD#000")]),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(error_type(&body), "TransactionCanceledException");
+        assert_eq!(reason_codes(&body), ["None", "TransactionConflict"]);
+
+        // A single-item write on a held item conflicts too.
+        let (status, body) = answer(&conn, update("PRODUCT#x", "SHARD#000")).await;
+        assert_eq!(status, 400);
+        assert_eq!(error_type(&body), "TransactionConflictException");
+        let (status, body) = answer(&conn, put("PRODUCT#x", "SHARD#000")).await;
+        assert_eq!(
+            (status, error_type(&body)),
+            (400, "TransactionConflictException")
+        );
+
+        // Other items are free.
+        let other = transact(&[("PRODUCT#x", "SHARD#001"), ("ORDER#3", "ORDER")]);
+        assert_eq!(answer(&conn, other).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#y", "SHARD#000")).await.0, 200);
+        assert_eq!(model.stats().conflicts, 3);
+
+        gate.add_permits(1);
+        let response = first.await.expect("joined").expect("answered");
+        assert_eq!(response.status().as_u16(), 200);
+        // Released with the response.
+        let again = transact(&[("ORDER#4", "ORDER"), ("PRODUCT#x", "SHARD#000")]);
+        assert_eq!(answer(&conn, again).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#x", "SHARD#000")).await.0, 200);
+        assert_eq!(mock.calls(), 5);
+        assert_eq!(model.stats().conflicts, 3);
+        assert_eq!(model.stats().throttles, 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_attempt_releases_its_items() {
+        let model = CapacityModel::new(1000.0, 1.0);
+        let (mock, _gate) = Mock::holding("HOLD");
+        let conn = mock.connector(&model);
+        let pending = conn.call(transact(&[("HOLD", "1")]));
+        assert_eq!(answer(&conn, update("HOLD", "1")).await.0, 400);
+        drop(pending); // e.g. the SDK's attempt timeout
+        let (mock2, _) = Mock::holding("never");
+        let conn2 = mock2.connector(&model);
+        assert_eq!(answer(&conn2, update("HOLD", "1")).await.0, 200);
+        assert!(model.inner.lock().in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_and_other_services_are_never_charged() {
+        let (model, _clock) = manual(2.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        let k = key("PRODUCT#a", "META");
+        for _ in 0..10 {
+            for (op, body) in [
+                ("GetItem", json!({ "TableName": TABLE, "Key": k })),
+                (
+                    "BatchGetItem",
+                    json!({ "RequestItems": { TABLE: { "Keys": [k] } } }),
+                ),
+                (
+                    "Query",
+                    json!({ "TableName": TABLE, "KeyConditionExpression": "pk = :p" }),
+                ),
+                (
+                    "TransactGetItems",
+                    json!({ "TransactItems": [{ "Get": { "TableName": TABLE, "Key": k } }] }),
+                ),
+            ] {
+                assert_eq!(answer(&conn, request(op, body)).await.0, 200);
+            }
+            let mut sqs = HttpRequest::new(SdkBody::from(r#"{"QueueUrl":"q"}"#));
+            sqs.headers_mut()
+                .insert("x-amz-target", "AmazonSQS.SendMessage");
+            assert_eq!(answer(&conn, sqs).await.0, 200);
+            let mut plain = HttpRequest::new(SdkBody::from("{}"));
+            plain.set_uri("http://169.254.169.254/latest").unwrap();
+            assert_eq!(answer(&conn, plain).await.0, 200);
+        }
+        assert_eq!(mock.calls(), 60);
+        assert_eq!(model.stats(), CapacityStats::default());
+        // The item's budget is untouched.
+        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 400);
+    }
+
+    #[tokio::test]
+    async fn put_and_update_of_one_item_share_its_budget() {
+        let (model, _clock) = manual(3.0);
+        let conn = Mock::default().connector(&model);
+        // Key attribute order and non-key attributes do not matter.
+        let put_a = request(
+            "PutItem",
+            json!({ "TableName": TABLE, "Item": {
+                "sk": { "S": "ORDER" }, "owner": { "S": "u1" }, "pk": { "S": "ORDER#1" } } }),
+        );
+        let put_b = request(
+            "PutItem",
+            json!({ "TableName": TABLE, "Item": {
+                "pk": { "S": "ORDER#1" }, "sk": { "S": "ORDER" }, "owner": { "S": "u2" } } }),
+        );
+        let delete = request(
+            "DeleteItem",
+            json!({ "TableName": TABLE, "Key": { "sk": { "S": "ORDER" }, "pk": { "S": "ORDER#1" } } }),
+        );
+        assert_eq!(answer(&conn, put_a).await.0, 200);
+        assert_eq!(answer(&conn, put_b).await.0, 200);
+        assert_eq!(answer(&conn, delete).await.0, 200);
+        assert_eq!(answer(&conn, update("ORDER#1", "ORDER")).await.0, 400);
+        // Same key in another table is another item.
+        let other = request(
+            "UpdateItem",
+            json!({ "TableName": "other", "Key": key("ORDER#1", "ORDER") }),
+        );
+        assert_eq!(answer(&conn, other).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn batch_write_charges_each_item_and_is_refused_whole() {
+        let (model, _clock) = manual(2.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        let batch = |n: usize| {
+            let writes: Vec<Value> = (0..n)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        json!({ "PutRequest": { "Item": key("p", &i.to_string()) } })
+                    } else {
+                        json!({ "DeleteRequest": { "Key": key("p", &i.to_string()) } })
+                    }
+                })
+                .chain([json!({ "PutRequest": { "Item": key("hot", "1") } })])
+                .collect();
+            request(
+                "BatchWriteItem",
+                json!({ "RequestItems": { TABLE: writes } }),
+            )
+        };
+        assert_eq!(answer(&conn, batch(3)).await.0, 200);
+        assert_eq!(model.stats().write_units_admitted, 4.0);
+        assert_eq!(answer(&conn, batch(1)).await.0, 200);
+        let (status, body) = answer(&conn, batch(1)).await;
+        assert_eq!((status, error_type(&body)), (400, "ThrottlingException"));
+        assert_eq!(mock.calls(), 2);
+        assert_eq!(model.stats().write_units_admitted, 6.0);
+        assert_eq!(model.stats().throttles, 1);
+    }
+
+    fn sdk_update(pk: &str, sk: &str) -> TransactWriteItem {
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(TABLE)
+                    .key("pk", AttributeValue::S(pk.into()))
+                    .key("sk", AttributeValue::S(sk.into()))
+                    .update_expression("SET v = :v")
+                    .expression_attribute_values(":v", AttributeValue::N("1".into()))
+                    .build()
+                    .expect("valid update"),
+            )
+            .build()
+    }
+
+    fn canceled_codes(
+        err: aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, HttpResponse>,
+    ) -> Vec<String> {
+        match err.into_service_error() {
+            TransactWriteItemsError::TransactionCanceledException(c) => c
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("").to_owned())
+                .collect(),
+            other => panic!("expected TransactionCanceledException, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sdk_decodes_synthetic_transaction_conflicts() {
+        let model = CapacityModel::new(1000.0, 1.0);
+        let (mock, gate) = Mock::holding("HOLD");
+        let client = mock.sdk_client(&model);
+        let held = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .transact_write_items()
+                    .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
+                    .transact_items(sdk_update("ORDER#HOLD", "ORDER"))
+                    .send()
+                    .await
+            }
+        });
+        mock.entered.notified().await;
+
+        let err = client
+            .transact_write_items()
+            .transact_items(sdk_update("ORDER#2", "ORDER"))
+            .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
+            .send()
+            .await
+            .expect_err("conflict");
+        assert_eq!(canceled_codes(err), ["None", "TransactionConflict"]);
+
+        let err = client
+            .update_item()
+            .table_name(TABLE)
+            .key("pk", AttributeValue::S("PRODUCT#x".into()))
+            .key("sk", AttributeValue::S("SHARD#000".into()))
+            .update_expression("SET v = :v")
+            .expression_attribute_values(":v", AttributeValue::N("1".into()))
+            .send()
+            .await
+            .expect_err("conflict");
+        assert!(matches!(
+            err.into_service_error(),
+            UpdateItemError::TransactionConflictException(_)
+        ));
+        // Conflicts are not retried: one attempt each.
+        assert_eq!(model.stats().conflicts, 2);
+        assert_eq!(mock.calls(), 1);
+
+        gate.add_permits(1);
+        held.await
+            .expect("joined")
+            .expect("first transaction succeeds");
+        client
+            .transact_write_items()
+            .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
+            .send()
+            .await
+            .expect("free again");
+    }
+
+    #[tokio::test]
+    async fn sdk_decodes_synthetic_transaction_throttles() {
+        let (model, _clock) = manual(4.0);
+        let mock = Mock::default();
+        let client = mock.sdk_client(&model);
+        for _ in 0..2 {
+            client
+                .transact_write_items()
+                .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
+                .send()
+                .await
+                .expect("within budget");
+        }
+        let err = client
+            .transact_write_items()
+            .transact_items(sdk_update("ORDER#1", "ORDER"))
+            .transact_items(
+                TransactWriteItem::builder()
+                    .condition_check(
+                        ConditionCheck::builder()
+                            .table_name(TABLE)
+                            .key("pk", AttributeValue::S("PRODUCT#x".into()))
+                            .key("sk", AttributeValue::S("SHARD#000".into()))
+                            .condition_expression("attribute_exists(pk)")
+                            .build()
+                            .expect("valid check"),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect_err("throttled");
+        assert_eq!(canceled_codes(err), ["None", "ThrottlingError"]);
+        // TransactionCanceledException is not retried.
+        assert_eq!(mock.calls(), 2);
+        assert_eq!(model.stats().throttles, 1);
+        assert_eq!(model.stats().write_units_admitted, 4.0);
+    }
+
+    #[tokio::test]
+    async fn sdk_retries_single_item_throttles_then_fails() {
+        let (model, clock) = manual(2.0);
+        let mock = Mock::default();
+        let client = mock.sdk_client(&model);
+        let put = || {
+            client
+                .put_item()
+                .table_name(TABLE)
+                .item("pk", AttributeValue::S("PRODUCT#x".into()))
+                .item("sk", AttributeValue::S("SHARD#000".into()))
+                .item("available", AttributeValue::N("5".into()))
+                .send()
+        };
+        put().await.expect("within budget");
+        put().await.expect("within budget");
+        let err = put().await.expect_err("throttled");
+        match err.into_service_error() {
+            PutItemError::ThrottlingException(t) => {
+                assert_eq!(
+                    t.throttling_reasons()[0].reason(),
+                    Some("TableWriteKeyRangeThroughputExceeded")
+                );
+            }
+            other => panic!("expected ThrottlingException, got {other:?}"),
+        }
+        // Three attempts, none sent.
+        assert_eq!(model.stats().throttles, 3);
+        assert_eq!(mock.calls(), 2);
+        // Once the budget refills, a retry gets through.
+        advance(&clock, Duration::from_millis(500));
+        put().await.expect("refilled");
+        assert_eq!(model.stats().write_units_admitted, 3.0);
+    }
+
+    /// Against DynamoDB Local (run with the stack's variables exported, e.g.
+    /// `set -a; . .local/cap/stack.env; cargo test -p flash-aws capacity -- --ignored`):
+    /// a hot item throttles single writes and conflicts concurrent transactions, and exactly
+    /// the writes that were let through are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs DynamoDB Local (AWS_ENDPOINT_URL_DYNAMODB, TABLE_NAME)"]
+    async fn dynamodb_local_throttles_and_conflicts_like_dynamodb() {
+        let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
+        let model = CapacityModel::new(1000.0, 0.05);
+        let client =
+            aws_sdk_dynamodb::Client::new(&crate::config::sdk_config_with_capacity(&model).await);
+        let pk = format!("CAPTEST#{}", std::process::id());
+        let add = |sk: &str| {
+            Update::builder()
+                .table_name(&table)
+                .key("pk", AttributeValue::S(pk.clone()))
+                .key("sk", AttributeValue::S(sk.into()))
+                .update_expression("ADD n :one")
+                .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                .build()
+                .expect("valid update")
+        };
+        let stored = |sk: &'static str| {
+            let (client, table, pk) = (client.clone(), table.clone(), pk.clone());
+            async move {
+                let item = client
+                    .get_item()
+                    .table_name(table)
+                    .key("pk", AttributeValue::S(pk))
+                    .key("sk", AttributeValue::S(sk.into()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .expect("read")
+                    .item
+                    .expect("item written");
+                item["n"]
+                    .as_n()
+                    .expect("number")
+                    .parse::<u64>()
+                    .expect("integer")
+            }
+        };
+
+        // Single-item writes on one item: throttled beyond the budget, retried by the SDK.
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let client = client.clone();
+                let hot = add("HOT#SINGLE");
+                tokio::spawn(async move {
+                    let (mut ok, mut throttled) = (0u64, 0u64);
+                    for _ in 0..10 {
+                        let result = client
+                            .update_item()
+                            .table_name(hot.table_name())
+                            .set_key(Some(hot.key().clone()))
+                            .update_expression(hot.update_expression())
+                            .set_expression_attribute_values(
+                                hot.expression_attribute_values().cloned(),
+                            )
+                            .send()
+                            .await;
+                        match result.map_err(|e| e.into_service_error()) {
+                            Ok(_) => ok += 1,
+                            Err(UpdateItemError::ThrottlingException(_)) => throttled += 1,
+                            Err(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    (ok, throttled)
+                })
+            })
+            .collect();
+        let (mut ok, mut throttled) = (0, 0);
+        for task in tasks {
+            let (o, t) = task.await.expect("joined");
+            ok += o;
+            throttled += t;
+        }
+        let elapsed = started.elapsed();
+        let stats = model.stats();
+        println!("single: {ok} ok, {throttled} failed throttled in {elapsed:?}; {stats:?}");
+        assert_eq!(stored("HOT#SINGLE").await, ok);
+        // Most throttles are absorbed by the SDK's retries; some may exhaust them.
+        assert!(stats.throttles > 0 && stats.throttles >= 3 * throttled);
+        assert!(ok as f64 <= 50.0 + 50.0 * elapsed.as_secs_f64());
+
+        // Concurrent transactions on one item: conflicts, which the SDK does not retry.
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|task| {
+                let client = client.clone();
+                let hot = add("HOT#TX");
+                let own = add(&format!("OWN#{task}"));
+                tokio::spawn(async move {
+                    let (mut ok, mut conflict, mut throttled) = (0u64, 0u64, 0u64);
+                    for _ in 0..25 {
+                        let result = client
+                            .transact_write_items()
+                            .transact_items(
+                                TransactWriteItem::builder().update(hot.clone()).build(),
+                            )
+                            .transact_items(
+                                TransactWriteItem::builder().update(own.clone()).build(),
+                            )
+                            .send()
+                            .await;
+                        match result {
+                            Ok(_) => ok += 1,
+                            Err(e) => {
+                                let codes = canceled_codes(e);
+                                if codes.iter().any(|c| c == "TransactionConflict") {
+                                    conflict += 1;
+                                } else if codes.iter().any(|c| c == "ThrottlingError") {
+                                    throttled += 1;
+                                }
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    (ok, conflict, throttled)
+                })
+            })
+            .collect();
+        let (mut ok, mut conflict, mut throttled) = (0, 0, 0);
+        for task in tasks {
+            let (o, c, t) = task.await.expect("joined");
+            ok += o;
+            conflict += c;
+            throttled += t;
+        }
+        let elapsed = started.elapsed();
+        let before = stats;
+        let stats = model.stats();
+        println!(
+            "transactions: {ok} ok, {conflict} conflicts, {throttled} throttled in {elapsed:?}; \
+             {stats:?}"
+        );
+        assert_eq!(stored("HOT#TX").await, ok);
+        assert_eq!(stats.conflicts - before.conflicts, conflict);
+        assert_eq!(stats.throttles - before.throttles, throttled);
+        assert!(conflict > 0);
+        assert!((2 * ok) as f64 <= 50.0 + 50.0 * elapsed.as_secs_f64());
+    }
+}
