@@ -6,7 +6,7 @@ use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
 use flash_domain::clock::now_ms;
 use flash_domain::order::transition;
 use flash_domain::ports::{Advance, PortError, Store};
-use flash_domain::{Action, OrderId, TransitionError};
+use flash_domain::{Action, TransitionError};
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 
@@ -30,20 +30,12 @@ impl<S: Store> AdvanceOrder<S> {
 
     async fn advance(&self, req: &Request) -> Result<Response<Body>, ApiError> {
         let caller = caller(req)?;
-        let id = path_param(req, "order_id")
-            .and_then(|id| OrderId::parse(id).ok())
-            .ok_or(ApiError::NotFound("order"))?;
         let action = path_param(req, "action")
             .and_then(Action::parse)
             .ok_or(ApiError::NotFound("action"))?;
         json_body::<NoFields>(req)?;
         for _ in 0..MAX_ATTEMPTS {
-            let order = self
-                .store
-                .get_order(&id)
-                .await?
-                .filter(|o| caller.admin || o.owner == caller.user)
-                .ok_or(ApiError::NotFound("order"))?;
+            let order = caller.order(&self.store, req).await?;
             if !action.allowed(order.owner == caller.user, caller.admin) {
                 return Err(ApiError::Forbidden);
             }
@@ -57,7 +49,7 @@ impl<S: Store> AdvanceOrder<S> {
             let owner = (!caller.admin).then_some(&caller.user);
             match self.store.advance(&order, &t, owner, now_ms()).await? {
                 Advance::Done(updated) => {
-                    tracing::info!(order_id = %id, from = t.from.as_str(), to = t.to.as_str(), "order advanced");
+                    tracing::info!(order_id = %order.id, from = t.from.as_str(), to = t.to.as_str(), "order advanced");
                     return Ok(json(200, &updated.view()));
                 }
                 Advance::Stale => continue,

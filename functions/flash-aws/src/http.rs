@@ -2,7 +2,8 @@
 //! claims), JSON bodies parsed strictly, and the one error type that maps to the status codes
 //! and error codes of the API contract.
 
-use flash_domain::{OrderStatus, UserId, ValidationError};
+use flash_domain::ports::Store;
+use flash_domain::{Order, OrderId, OrderStatus, UserId, ValidationError};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
@@ -42,6 +43,21 @@ pub fn caller(req: &Request) -> Result<Caller, ApiError> {
         .chain(jwt.scopes.iter().flatten().map(String::as_str))
         .any(|s| s == ADMIN_SCOPE);
     Ok(Caller { user, admin })
+}
+
+impl Caller {
+    /// The order `{order_id}` names, if it exists and the caller may see it: its owner or an
+    /// admin. Anyone else is told it does not exist, so order ids cannot be probed.
+    pub async fn order<S: Store>(&self, store: &S, req: &Request) -> Result<Order, ApiError> {
+        let id = path_param(req, "order_id")
+            .and_then(|id| OrderId::parse(id).ok())
+            .ok_or(ApiError::NotFound("order"))?;
+        store
+            .get_order(&id)
+            .await?
+            .filter(|o| self.admin || o.owner == self.user)
+            .ok_or(ApiError::NotFound("order"))
+    }
 }
 
 pub fn path_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

@@ -386,43 +386,33 @@ async fn main() -> anyhow::Result<()> {
 async fn buy(api: &Api, token: &str, sku: &str, key: &str, replay: bool) -> Buyer {
     let mut b = Buyer::default();
     let body = json!({"sku": sku, "quantity": 1});
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    let headers = [("idempotency-key", key)];
+    let post = || async {
         let t = Instant::now();
         let r = api
-            .call(
-                Method::POST,
-                "/orders",
-                token,
-                &[("idempotency-key", key)],
-                Some(&body),
-            )
+            .call(Method::POST, "/orders", token, &headers, Some(&body))
             .await;
-        b.latencies_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        (r, t.elapsed().as_secs_f64() * 1000.0)
+    };
+    for attempt in 1.. {
+        let (r, ms) = post().await;
+        b.latencies_ms.push(ms);
+        let retry = attempt < 6;
         match r {
             Ok(a) if a.status == 202 => {
                 b.order_id = a.body["order_id"].as_str().map(str::to_owned);
                 break;
             }
-            Ok(a) if (a.status == 429 || a.status >= 500) && attempts < 6 => {
-                tokio::time::sleep(
-                    a.retry_after
-                        .unwrap_or(Duration::from_millis(200))
-                        .min(Duration::from_secs(2)),
-                )
-                .await;
+            Ok(a) if (a.status == 429 || a.status >= 500) && retry => {
+                let wait = a.retry_after.unwrap_or(Duration::from_millis(200));
+                tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
             }
+            Err(_) if retry => tokio::time::sleep(Duration::from_millis(200)).await,
             Ok(a) => {
-                b.refused = Some(
-                    a.body["error"]["code"]
-                        .as_str()
-                        .unwrap_or("unknown")
-                        .to_owned(),
-                );
+                let code = a.body["error"]["code"].as_str().unwrap_or("unknown");
+                b.refused = Some(code.to_owned());
                 return b;
             }
-            Err(_) if attempts < 6 => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => {
                 b.refused = Some(format!("transport error: {e}"));
                 return b;
@@ -431,18 +421,10 @@ async fn buy(api: &Api, token: &str, sku: &str, key: &str, replay: bool) -> Buye
     }
     if replay {
         b.replayed = true;
-        let t = Instant::now();
-        let again = api
-            .call(
-                Method::POST,
-                "/orders",
-                token,
-                &[("idempotency-key", key)],
-                Some(&body),
-            )
-            .await;
-        b.latencies_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        b.replay_mismatch = !matches!(&again, Ok(a) if a.status == 202 && a.body["order_id"].as_str() == b.order_id.as_deref());
+        let (again, ms) = post().await;
+        b.latencies_ms.push(ms);
+        b.replay_mismatch = !matches!(&again, Ok(a) if a.status == 202
+            && a.body["order_id"].as_str() == b.order_id.as_deref());
     }
     b
 }
