@@ -55,7 +55,10 @@ test: tools
 	$(PY) infra/stack.py up --state $(STATE) >/dev/null
 	trap '$(PY) infra/stack.py down --state $(STATE)' EXIT; \
 	STACK_ENV=$(CURDIR)/$(STATE)/stack.env cargo test --workspace --locked; \
-	$(PY) infra/lambda-runtime-check.py $(STATE)/stack.env
+	$(PY) infra/lambda-runtime-check.py $(STATE)/stack.env; \
+	$(PY) infra/api-check.py --state $(STATE) --gateway-bin target/debug/local-gateway
+	$(PY) infra/test_template_check.py
+	$(PY) infra/template-check.py template.yaml
 
 # The local stack in the background, in a state directory of its own (the tests use STATE).
 UP_STATE := .local
