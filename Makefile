@@ -96,3 +96,39 @@ demo: up
 	status=0; ./target/local/flash-demo --state $(UP_STATE) --stock $(STOCK) --buyers $(BUYERS) \
 	  --concurrency $(CONCURRENCY) || status=$$?; \
 	$(if $(filter 1 true yes,$(KEEP)),,$(PY) infra/stack.py down --state $(UP_STATE);) exit $$status
+
+# Fuzzing (cargo-fuzz, libFuzzer) of the request and message parsers: each target runs for
+# FUZZ_SECONDS, then a line per target says how long it ran, how many inputs it tried and
+# whether it crashed; any crash fails the run (its input is saved under fuzz/artifacts/).
+# cargo-fuzz's instrumentation flags are nightly-only; RUSTC_BOOTSTRAP lets the stable
+# compiler accept them. The corpus grows in fuzz/corpus/ (ignored), seeded from fuzz/seeds/
+# and, for whole events, from events/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= request_body lambda_event order_message
+CARGO_FUZZ := .tools/bin/cargo-fuzz
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz
+FUZZ_LOGS := fuzz/artifacts/logs
+
+.PHONY: fuzz
+
+$(CARGO_FUZZ):
+	cargo install --root .tools cargo-fuzz --locked
+
+fuzz: $(CARGO_FUZZ)
+	$(FUZZ) build
+	mkdir -p $(FUZZ_LOGS)
+	status=0; summary=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  seeds=fuzz/seeds/$$t; [ $$t = lambda_event ] && seeds=events; \
+	  start=$$(date +%s); rc=0; \
+	  $(FUZZ) run $$t fuzz/corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -dict=fuzz/json.dict -print_final_stats=1 2>&1 | tee $(FUZZ_LOGS)/$$t.log \
+	    || rc=$$?; \
+	  secs=$$(( $$(date +%s) - start )); \
+	  execs=$$(grep -o 'stat::number_of_executed_units: [0-9]*' $(FUZZ_LOGS)/$$t.log | grep -o '[0-9]*$$' || echo '?'); \
+	  result=$$([ $$rc = 0 ] && echo "0 crashes" || echo "FAILED (exit $$rc): $(FUZZ_LOGS)/$$t.log, input in fuzz/artifacts/$$t/"); \
+	  summary="$$summary$$t: $$secs s, $$execs execs, $$result"$$'\n'; \
+	  [ $$rc = 0 ] || status=1; \
+	done; \
+	printf '\nfuzz summary (FUZZ_SECONDS=$(FUZZ_SECONDS)):\n%s' "$$summary"; exit $$status

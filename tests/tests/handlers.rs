@@ -1677,3 +1677,40 @@ mod fake_store {
         assert_eq!(results, [false, false, true]);
     }
 }
+
+#[tokio::test]
+async fn a_forged_message_reusing_an_order_id_fails_alone_and_the_genuine_one_decides_it() {
+    for forged_first in [true, false] {
+        // GIVEN alice's queued order and a forged message naming it with another quantity
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let id = env.place_ok("alice", "a1", 1).await;
+        let genuine = env.queue.take().pop().expect("one message");
+        let mut forged = genuine.clone();
+        forged.quantity = flash_domain::Quantity::new(5).expect("valid");
+        let mut records = vec![
+            (
+                "genuine".to_owned(),
+                flash_tests::fake::message_body(&genuine),
+            ),
+            (
+                "forged".to_owned(),
+                flash_tests::fake::message_body(&forged),
+            ),
+        ];
+        if forged_first {
+            records.reverse();
+        }
+        // WHEN both arrive in one batch
+        let (failed, _) = env
+            .process(flash_tests::fixtures::sqs_event(&records))
+            .await;
+        // THEN only the forged record fails, and the order is decided as stored
+        assert_eq!(
+            failed,
+            vec!["forged".to_owned()],
+            "forged first: {forged_first}"
+        );
+        assert_eq!(env.status(&id), OrderStatus::Pending);
+        assert_eq!(env.available(), 9);
+    }
+}

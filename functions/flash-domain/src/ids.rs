@@ -101,9 +101,16 @@ impl<'de> Deserialize<'de> for Quantity {
 }
 
 /// The caller, as the authorizer's `sub` claim names them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct UserId(String);
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UserId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {

@@ -10,7 +10,7 @@ use flash_domain::commit::{by_product, decide_group};
 use flash_domain::ports::Store;
 use flash_domain::{Order, OrderId, OrderMessage};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 /// What one batch did, for logs and metrics.
@@ -35,9 +35,9 @@ impl<S: Store> ProcessOrders<S> {
     pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, BatchReport) {
         let mut report = BatchReport::default();
         let mut failed: Vec<String> = Vec::new();
-        // order id → the message ids that carried it (a batch may hold duplicates).
-        let mut carriers: HashMap<OrderId, Vec<String>> = HashMap::new();
-        let mut messages: HashMap<OrderId, OrderMessage> = HashMap::new();
+        // order id → the records that named it, each with its own message (a batch may hold
+        // duplicates, and a forged message may reuse a real order's id).
+        let mut carriers: HashMap<OrderId, Vec<(String, OrderMessage)>> = HashMap::new();
         for record in event.records {
             let Some(message_id) = record.message_id else {
                 continue;
@@ -47,13 +47,10 @@ impl<S: Store> ProcessOrders<S> {
                 .as_deref()
                 .map(serde_json::from_str::<OrderMessage>)
             {
-                Some(Ok(msg)) => {
-                    carriers
-                        .entry(msg.order_id.clone())
-                        .or_default()
-                        .push(message_id);
-                    messages.insert(msg.order_id.clone(), msg);
-                }
+                Some(Ok(msg)) => carriers
+                    .entry(msg.order_id.clone())
+                    .or_default()
+                    .push((message_id, msg)),
                 _ => {
                     tracing::warn!(message_id, "message is not an order");
                     failed.push(message_id);
@@ -65,29 +62,33 @@ impl<S: Store> ProcessOrders<S> {
             Ok(orders) => orders,
             Err(e) => {
                 tracing::error!(error = %e, "reading orders failed");
-                failed.extend(carriers.into_values().flatten());
+                failed.extend(carriers.into_values().flatten().map(|(id, _)| id));
                 return finish(failed, report);
             }
         };
-        // Trust the stored order, and only when the message agrees with it.
-        let mut found: HashSet<OrderId> = HashSet::new();
-        let orders: Vec<Order> = orders
-            .into_iter()
-            .filter(|o| {
-                messages.get(&o.id).is_some_and(|m| {
+        // Trust the stored order, and only the records that agree with it: each record that
+        // disagrees (or names no order) fails alone.
+        let stored: HashMap<OrderId, Order> =
+            orders.into_iter().map(|o| (o.id.clone(), o)).collect();
+        let mut agreeing: HashMap<OrderId, Vec<String>> = HashMap::new();
+        for (id, records) in carriers {
+            for (message_id, m) in records {
+                let agrees = stored.get(&id).is_some_and(|o| {
                     m.sku == o.sku && m.quantity == o.quantity && m.user_id == o.owner
-                })
-            })
-            .inspect(|o| {
-                found.insert(o.id.clone());
-            })
-            .collect();
-        for (id, msgs) in &carriers {
-            if !found.contains(id) {
-                tracing::warn!(order_id = %id, "message names no matching order");
-                failed.extend(msgs.iter().cloned());
+                });
+                if agrees {
+                    agreeing.entry(id.clone()).or_default().push(message_id);
+                } else {
+                    tracing::warn!(order_id = %id, message_id, "message names no matching order");
+                    failed.push(message_id);
+                }
             }
         }
+        let carriers = agreeing;
+        let orders: Vec<Order> = stored
+            .into_values()
+            .filter(|o| carriers.contains_key(&o.id))
+            .collect();
         // Concurrent batches start at different shards so they rarely write the same item.
         let mut h = DefaultHasher::new();
         ids.first().hash(&mut h);
