@@ -132,3 +132,29 @@ fuzz: $(CARGO_FUZZ)
 	  [ $$rc = 0 ] || status=1; \
 	done; \
 	printf '\nfuzz summary (FUZZ_SECONDS=$(FUZZ_SECONDS)):\n%s' "$$summary"; exit $$status
+
+# The hot-product benchmark: one flash sale (BUYERS buyers for STOCK units of one product,
+# CONCURRENCY at a time) through version_lock, lease_lock, per_order and our pipeline, each on
+# a fresh SKU under its own instance of the capacity model at the same scale (SCALE overrides
+# the bench's default), against emulators of its own (BENCH_STATE), stopped however the run
+# ends; then each function's cold start from x86_64 release builds (the deployed target is
+# arm64). Prints the tables and writes .local/reports/bench.json. The first release build
+# takes several minutes.
+BENCH_STATE := .local/bench
+BENCH_LAMBDA_DIR := target/lambda-bench
+BENCH_FUNCTIONS := place-order process-orders get-order advance-order products
+bench: BUYERS = 20000
+bench: STOCK = 2000
+
+.PHONY: bench
+
+bench: tools
+	cargo build --locked --profile local -p flash-bench
+	$(VENV)/bin/cargo-lambda lambda build --release --x86-64 --compiler cargo \
+	  --lambda-dir $(BENCH_LAMBDA_DIR) $(addprefix -p ,$(BENCH_FUNCTIONS))
+	$(PY) infra/stack.py up --state $(BENCH_STATE) >/dev/null
+	trap '$(PY) infra/stack.py down --state $(BENCH_STATE)' EXIT; \
+	status=0; ./target/local/flash-bench --state $(BENCH_STATE) --buyers $(BUYERS) \
+	  --stock $(STOCK) --concurrency $(CONCURRENCY) $(if $(SCALE),--scale $(SCALE)) || status=$$?; \
+	./target/local/flash-bench --cold-start --lambda-dir $(BENCH_LAMBDA_DIR) || status=$$?; \
+	exit $$status

@@ -1,0 +1,368 @@
+//! `pipeline`: ours, end to end. Each worker is one warm `place-order` instance (its own
+//! handler and product cache, as each concurrent Lambda environment has) called in-process with
+//! the API Gateway event Lambda would get; orders go to the stack's orders queue on fauxqs, and
+//! the local gateway's SQS event source mapping (configured from template.yaml: batch size,
+//! batching window, maximum concurrency) drains it through `process-orders` until every order
+//! is decided. Then the invariant checker reads the table.
+
+use crate::sale::{
+    per_unit, round3, run_buyers, Answer, Decision, Design, DesignReport, Details, Run, Sale,
+};
+use crate::Stack;
+use anyhow::{bail, Context};
+use aws_sdk_dynamodb::config::retry::RetryPartition;
+use aws_sdk_sqs::types::QueueAttributeName;
+use flash_aws::capacity::CapacityModel;
+use flash_aws::{DynamoStore, SqsQueue};
+use flash_domain::ports::Store;
+use flash_domain::{Reason, Sku};
+use lambda_http::{Body, Request, Response};
+use local_gateway::config::GatewayConfig;
+use local_gateway::event_source::{EventSource, LONG_POLL_S};
+use local_gateway::functions::SqsFunction;
+use place_order::PlaceOrder;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const PLACE_ORDER_EVENT: &str = include_str!("../../../events/place-order.json");
+const PUT_PRODUCT_EVENT: &str = include_str!("../../../events/put-product.json");
+/// How often the stock is read to see when it reaches zero, and the queue to see when it is
+/// drained.
+const STOCK_POLL: Duration = Duration::from_millis(20);
+const QUEUE_POLL: Duration = Duration::from_millis(20);
+
+/// An API Gateway (payload 2.0) event from a fixture, with the caller's claims set as the JWT
+/// authorizer passes them.
+fn event(fixture: &str, sub: &str, admin: bool) -> anyhow::Result<Value> {
+    let mut e: Value = serde_json::from_str(fixture)?;
+    let jwt = &mut e["requestContext"]["authorizer"]["jwt"];
+    jwt["claims"]["sub"] = json!(sub);
+    jwt["claims"]["scope"] = json!(if admin { "flash-sale/admin" } else { "" });
+    Ok(e)
+}
+
+fn with_body(mut e: Value, body: &Value) -> Value {
+    let body = body.to_string();
+    e["headers"]["content-length"] = json!(body.len().to_string());
+    e["body"] = json!(body);
+    e["isBase64Encoded"] = json!(false);
+    e
+}
+
+fn request(e: &Value) -> anyhow::Result<Request> {
+    lambda_http::request::from_str(&e.to_string()).context("building an API Gateway request")
+}
+
+fn response_json(resp: &Response<Body>) -> Value {
+    match resp.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+struct Pipeline {
+    /// One warm `place-order` per worker.
+    handlers: Vec<PlaceOrder<DynamoStore, SqsQueue>>,
+    sku: String,
+    /// Each buyer's request, built before the sale opens; a buyer who comes back after a 503
+    /// sends the same request again (same Idempotency-Key).
+    requests: Vec<Mutex<Option<Request>>>,
+}
+
+impl Pipeline {
+    fn buyer_event(sku: &str, buyer: usize) -> anyhow::Result<Value> {
+        let mut e = event(PLACE_ORDER_EVENT, &crate::hot::buyer_user(buyer), false)?;
+        e["headers"]["idempotency-key"] = json!(crate::hot::buyer_key(sku, buyer));
+        Ok(with_body(e, &json!({"sku": sku, "quantity": 1})))
+    }
+}
+
+impl Design for Pipeline {
+    async fn buy(&self, worker: usize, buyer: usize, _run: &Run) -> Answer {
+        let prebuilt = self.requests[buyer].lock().ok().and_then(|mut r| r.take());
+        let req = match prebuilt {
+            Some(r) => r,
+            None => match Self::buyer_event(&self.sku, buyer).and_then(|e| request(&e)) {
+                Ok(r) => r,
+                Err(_) => return Answer::Decided(Decision::Refused("bad_request")),
+            },
+        };
+        let resp = self.handlers[worker].handle(req).await;
+        let status = resp.status().as_u16();
+        let body = response_json(&resp);
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        match status {
+            202 => Answer::Decided(Decision::Queued),
+            409 if code == "sold_out" => Answer::Decided(Decision::SoldOut),
+            429 | 500..=599 => Answer::Unavailable(format!("{status} {code}")),
+            _ => Answer::Decided(Decision::Refused(match code.as_str() {
+                "sale_not_open" => "sale_not_open",
+                _ => "unexpected_answer",
+            })),
+        }
+    }
+}
+
+pub async fn run(
+    stack: &Stack,
+    sale: &Sale,
+    model: &CapacityModel,
+    sku: String,
+    shards: Option<u32>,
+) -> anyhow::Result<(DesignReport, Details)> {
+    // The functions' DynamoDB traffic goes through the capacity model; SQS does not (the model
+    // passes it through anyway). Reads for measuring use a plain client.
+    let modelled = crate::hot::dynamo_sdk(model).await;
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&modelled)
+            .retry_partition(RetryPartition::new("bench-pipeline"))
+            .build(),
+    );
+    let store = DynamoStore::new(client, &stack.table);
+    let plain_store = DynamoStore::from_config(&stack.sdk, &stack.table);
+    let queue = SqsQueue::from_config(&stack.sdk, &stack.queue_url);
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
+    if queue_depth(&sqs, &stack.queue_url).await? != 0 {
+        bail!("the orders queue is not empty; start from a fresh stack (make bench does)");
+    }
+
+    // The product, through the products function as an admin would create it.
+    let mut spec = json!({"name": "Bench phone", "stock": sale.stock});
+    if let Some(n) = shards {
+        spec["shards"] = json!(n);
+    }
+    let mut put = with_body(event(PUT_PRODUCT_EVENT, "bench-admin", true)?, &spec);
+    put["pathParameters"]["sku"] = json!(sku);
+    put["rawPath"] = json!(format!("/products/{sku}"));
+    put["requestContext"]["http"]["path"] = json!(format!("/products/{sku}"));
+    let products = products::Products {
+        store: store.clone(),
+    };
+    let created = products.handle(request(&put)?).await;
+    if created.status() != 201 {
+        bail!(
+            "creating {sku} answered {}: {}",
+            created.status(),
+            response_json(&created)
+        );
+    }
+    let sku_id = Sku::parse(&sku)?;
+    let product = plain_store
+        .get_product(&sku_id)
+        .await?
+        .context("the product just created is missing")?;
+
+    // The SQS event source mapping of template.yaml, as the local gateway runs it.
+    let gateway = GatewayConfig::load(&stack.state)?;
+    let mapping = gateway
+        .event_source_mappings
+        .iter()
+        .find(|m| m.binary == "process-orders")
+        .cloned()
+        .context("gateway.json has no event source mapping for process-orders")?;
+    if mapping.queue_url != stack.queue_url {
+        bail!(
+            "the mapping reads {}, place-order sends to {}",
+            mapping.queue_url,
+            stack.queue_url
+        );
+    }
+    let (batch_size, window_s, max_concurrency) = (
+        mapping.batch_size,
+        mapping.batching_window_s,
+        mapping.max_concurrency,
+    );
+    let function = SqsFunction::build("process-orders", &store)
+        .context("no local handler for process-orders")?;
+    // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own, as in
+    // the local gateway.
+    let poller_client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&stack.sdk)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
+                    .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
+                    .build(),
+            )
+            .build(),
+    );
+    let source = Arc::new(EventSource::new(
+        mapping,
+        poller_client,
+        Arc::new(function),
+        &gateway.region,
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let pollers = source.spawn(&stopped);
+
+    let requests = (0..sale.buyers)
+        .map(|b| {
+            Pipeline::buyer_event(&sku, b)
+                .and_then(|e| request(&e))
+                .map(|r| Mutex::new(Some(r)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let design = Arc::new(Pipeline {
+        handlers: (0..sale.concurrency)
+            .map(|_| PlaceOrder::new(store.clone(), queue.clone()))
+            .collect(),
+        sku: sku.clone(),
+        requests,
+    });
+
+    let before = model.stats();
+    let writes_before = store.stats().snapshot();
+    let run = Run::start();
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_stock(
+        plain_store.clone(),
+        sku_id.clone(),
+        run.clone(),
+        done.clone(),
+    ));
+    let outcomes = run_buyers(design.clone(), sale, &run).await;
+    let deadline = run.started() + sale.timeout;
+    let mut drained = None;
+    while Instant::now() < deadline {
+        if queue_depth(&sqs, &stack.queue_url).await? == 0 {
+            drained = Some(run.elapsed());
+            break;
+        }
+        tokio::time::sleep(QUEUE_POLL).await;
+    }
+    done.store(true, Relaxed);
+    let _ = watcher.await;
+    let after = model.stats();
+    let writes = store.stats().snapshot();
+    let _ = stop.send(true);
+    for p in pollers {
+        let _ = tokio::time::timeout(Duration::from_secs(LONG_POLL_S as u64 + 5), p).await;
+    }
+
+    let audit = flash_aws::audit::audit(&plain_store, &sku_id).await?;
+    let sold = audit.units_held;
+    let refused_at_api = outcomes.count(|d| *d == Decision::SoldOut) as u64;
+    let queued = outcomes.count(|d| *d == Decision::Queued) as u64;
+    // The audit sees orders refused after they were queued; a 409 at the API leaves no order,
+    // so stock left behind a 409 counts as stranded here.
+    let stranded = if refused_at_api > 0 && audit.available > 0 {
+        audit.available as u64
+    } else {
+        audit.stranded()
+    };
+    let undecided = outcomes.undecided as u64 + audit.undecided() as u64;
+    let all_decided = drained
+        .filter(|_| undecided == 0)
+        .map(|d| d.max(outcomes.last_answer));
+    let write_units = after.write_units_admitted - before.write_units_admitted;
+    let stock_item_writes = writes.stock_item_writes - writes_before.stock_item_writes;
+    let report = DesignReport {
+        sellout_s: run.sellout().map(|d| round3(d.as_secs_f64())),
+        all_decided_s: all_decided.map(|d| round3(d.as_secs_f64())),
+        orders_per_s: all_decided.map(|d| round3(sale.buyers as f64 / d.as_secs_f64())),
+        oversold: audit.oversold(),
+        stranded,
+        write_units_per_sold_unit: per_unit(write_units, sold).filter(|_| crate::hot::model_on()),
+        stock_item_writes_per_sold_unit: per_unit(stock_item_writes as f64, sold),
+        throttles: after.throttles - before.throttles,
+        conflicts: after.conflicts - before.conflicts,
+    };
+    let mut refused = outcomes.refusals();
+    refused.remove("sold_out");
+    refused.insert("sold_out_at_api_409".into(), refused_at_api);
+    refused.insert(
+        "sold_out_after_queue".into(),
+        audit.rejected(Reason::SoldOut) as u64,
+    );
+    let last_decision_ms = audit.orders.iter().map(|o| o.updated_at).max();
+    let dlq = match &stack.dlq_url {
+        Some(url) => Some(queue_depth(&sqs, url).await?),
+        None => None,
+    };
+    let mut notes = std::collections::BTreeMap::new();
+    notes.insert("shards".into(), json!(product.shards));
+    notes.insert("accepted_202".into(), json!(queued));
+    notes.insert(
+        "api_answers_done_s".into(),
+        json!(round3(outcomes.last_answer.as_secs_f64())),
+    );
+    notes.insert(
+        "queue_drained_s".into(),
+        json!(drained.map(|d| round3(d.as_secs_f64()))),
+    );
+    notes.insert(
+        "event_source".into(),
+        json!({"batch_size": batch_size, "batching_window_s": window_s, "max_concurrency": max_concurrency}),
+    );
+    notes.insert(
+        "units_per_stock_write".into(),
+        json!(per_unit(sold as f64, stock_item_writes)),
+    );
+    notes.insert(
+        "dynamodb_consumed_write_units_per_sold_unit".into(),
+        json!(per_unit(
+            writes.write_units - writes_before.write_units,
+            sold
+        )),
+    );
+    notes.insert(
+        "dynamodb_write_requests".into(),
+        json!(writes.write_requests - writes_before.write_requests),
+    );
+    notes.insert(
+        "last_decision_updated_at_s".into(),
+        json!(last_decision_ms.map(|t| round3((t - run_started_ms(&run)) as f64 / 1000.0))),
+    );
+    notes.insert("dlq_messages".into(), json!(dlq));
+    let details = Details {
+        sku,
+        sold,
+        stock_left: audit.available,
+        refused,
+        undecided,
+        unavailable_answers: outcomes.unavailable.clone(),
+        write_units,
+        stock_item_writes,
+        notes,
+        violations: audit.violations.clone(),
+    };
+    Ok((report, details))
+}
+
+/// The wall-clock milliseconds at which `run` started.
+fn run_started_ms(run: &Run) -> i64 {
+    flash_domain::clock::now_ms() - run.elapsed().as_millis() as i64
+}
+
+/// Reads the shards until they hold nothing, and marks that moment as the sell-out.
+async fn watch_stock(store: DynamoStore, sku: Sku, run: Arc<Run>, done: Arc<AtomicBool>) {
+    while !done.load(Relaxed) {
+        if let Ok(shards) = store.read_shards(&sku).await {
+            if !shards.is_empty() && shards.iter().all(|s| s.available == 0) {
+                run.mark_sellout();
+                return;
+            }
+        }
+        tokio::time::sleep(STOCK_POLL).await;
+    }
+}
+
+/// Messages in the queue: visible, in flight and delayed.
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<u64> {
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .context("GetQueueAttributes")?
+        .attributes
+        .unwrap_or_default();
+    Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+}

@@ -1,0 +1,272 @@
+//! The printed table and `bench.json`. The JSON has the shape issue 4 asks for (`designs`,
+//! `ratios`, `capacity_model`, `cold_start`), plus `sale`, `local_ceiling`, `ratio_basis` and
+//! `details` (counts and checks behind each design's numbers).
+
+use crate::ceiling::Ceiling;
+use crate::cold_start::Measured;
+use crate::sale::{round3, DesignReport, Details, Sale};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub struct Results {
+    pub sale: Sale,
+    pub item_write_units: f64,
+    pub scale: f64,
+    pub budget: f64,
+    pub model: bool,
+    pub designs: BTreeMap<String, (DesignReport, Details)>,
+    pub ceiling: Option<Ceiling>,
+}
+
+/// A design's time to compare: when it sold out, or when its last buyer had an answer if it
+/// never did (version_lock strands stock, so it may not).
+fn basis(r: &DesignReport) -> Option<(f64, &'static str)> {
+    r.sellout_s.map(|s| (s, "sellout_s")).or(r
+        .all_decided_s
+        .map(|s| (s, "all_decided_s (never sold out)")))
+}
+
+fn opt(x: Option<f64>, decimals: usize) -> String {
+    x.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+impl Results {
+    pub fn new(sale: &Sale, item_write_units: f64, scale: f64, budget: f64, model: bool) -> Self {
+        Self {
+            sale: sale.clone(),
+            item_write_units,
+            scale,
+            budget,
+            model,
+            designs: BTreeMap::new(),
+            ceiling: None,
+        }
+    }
+
+    fn pipeline(&self) -> Option<&DesignReport> {
+        self.designs.get("pipeline").map(|(r, _)| r)
+    }
+
+    pub fn ratios(&self) -> (Value, Value) {
+        let mut ratios = serde_json::Map::new();
+        let mut basis_of = serde_json::Map::new();
+        let ours = self.pipeline().and_then(basis);
+        if let Some((_, how)) = ours {
+            basis_of.insert("pipeline".into(), json!(how));
+        }
+        for other in ["version_lock", "lease_lock", "per_order"] {
+            let theirs = self.designs.get(other).and_then(|(r, _)| basis(r));
+            if let Some((_, how)) = theirs {
+                basis_of.insert(other.into(), json!(how));
+            }
+            let ratio = match (theirs, ours) {
+                (Some((t, _)), Some((o, _))) if o > 0.0 => Some(round3(t / o)),
+                _ => None,
+            };
+            ratios.insert(format!("sellout_speedup_vs_{other}"), json!(ratio));
+        }
+        let fraction = match (self.pipeline().and_then(|p| p.orders_per_s), &self.ceiling) {
+            (Some(p), Some(c)) if c.ceiling_orders_per_s > 0.0 => {
+                Some(round3(p / c.ceiling_orders_per_s))
+            }
+            _ => None,
+        };
+        ratios.insert("pipeline_fraction_of_local_ceiling".into(), json!(fraction));
+        (Value::Object(ratios), Value::Object(basis_of))
+    }
+
+    pub fn json(&self) -> Value {
+        let (ratios, basis) = self.ratios();
+        let designs: BTreeMap<&String, &DesignReport> =
+            self.designs.iter().map(|(k, (r, _))| (k, r)).collect();
+        let details: BTreeMap<&String, &Details> =
+            self.designs.iter().map(|(k, (_, d))| (k, d)).collect();
+        json!({
+            "designs": designs,
+            "ratios": ratios,
+            "capacity_model": if self.model {
+                json!({"item_write_units_per_s": self.item_write_units, "scale": self.scale})
+            } else {
+                Value::Null
+            },
+            "cold_start": {},
+            "sale": {
+                "buyers": self.sale.buyers,
+                "stock": self.sale.stock,
+                "concurrency": self.sale.concurrency,
+                "units_per_order": 1,
+                "budget_per_item_write_units_per_s": self.budget,
+            },
+            "local_ceiling": self.ceiling,
+            "ratio_basis": basis,
+            "details": details,
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let model = if self.model {
+            format!(
+                "capacity model: {} WCU/s per item × scale {} = {} WCU/s per item",
+                self.item_write_units, self.scale, self.budget
+            )
+        } else {
+            "capacity model OFF".to_owned()
+        };
+        let _ = writeln!(
+            t,
+            "\nFlash sale: {} buyers for {} units (1 each), {} in flight; {model}\n",
+            self.sale.buyers, self.sale.stock, self.sale.concurrency,
+        );
+        let _ = writeln!(
+            t,
+            "{:<13} {:>9} {:>9} {:>9} {:>6} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}",
+            "design",
+            "sellout_s",
+            "decided_s",
+            "orders/s",
+            "sold",
+            "oversold",
+            "stranded",
+            "WU/sold",
+            "stockW/sold",
+            "throttles",
+            "conflicts"
+        );
+        for name in crate::DESIGNS {
+            let Some((r, d)) = self.designs.get(name) else {
+                continue;
+            };
+            let _ = writeln!(
+                t,
+                "{:<13} {:>9} {:>9} {:>9} {:>6} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}",
+                name,
+                opt(r.sellout_s, 2),
+                opt(r.all_decided_s, 2),
+                opt(r.orders_per_s, 0),
+                d.sold,
+                r.oversold,
+                r.stranded,
+                opt(r.write_units_per_sold_unit, 2),
+                opt(r.stock_item_writes_per_sold_unit, 3),
+                r.throttles,
+                r.conflicts
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nWU/sold: write units the capacity model admitted (every design, pipeline \
+             included) per unit sold. stockW/sold: write requests on stock items per unit sold \
+             (simple designs: counted by the bench; pipeline: flash_aws WriteStats, refused \
+             transaction attempts included)."
+        );
+        for (name, (_, d)) in &self.designs {
+            let _ = writeln!(
+                t,
+                "  {name}: refused {:?}; undecided {}; 503s {:?}; stock left {}{}",
+                d.refused,
+                d.undecided,
+                d.unavailable_answers,
+                d.stock_left,
+                if d.violations.is_empty() {
+                    String::new()
+                } else {
+                    format!("; VIOLATIONS {:?}", d.violations)
+                }
+            );
+        }
+        if let Some((r, d)) = self.designs.get("per_order").filter(|_| self.model) {
+            let writes_per_order = d.stock_item_writes as f64 / self.sale.buyers as f64;
+            let bound = self.budget / writes_per_order.max(f64::EPSILON);
+            let _ = writeln!(
+                t,
+                "\nper_order bound: {} WCU/s per item ÷ {writes_per_order:.3} stock-item writes per \
+                 order = {bound:.0} orders/s; measured {} orders/s ({}% of the bound), {} throttles",
+                self.budget,
+                opt(r.orders_per_s, 0),
+                opt(r.orders_per_s.map(|o| o / bound * 100.0), 0),
+                r.throttles
+            );
+        }
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                t,
+                "\nlocal ceiling: {:.0} orders/s = {}.\n  alone: PutItem {:.0}/s, SendMessage \
+                 {:.0}/s (1/(1/put + 1/send) = {:.0}/s)",
+                c.ceiling_orders_per_s,
+                c.definition,
+                c.put_item_per_s,
+                c.send_message_per_s,
+                c.put_and_send_model_per_s
+            );
+        }
+        let (ratios, basis) = self.ratios();
+        let _ = writeln!(t, "\nratios:");
+        if let Some(m) = ratios.as_object() {
+            for (k, v) in m {
+                let _ = writeln!(t, "  {k:<36} {v}");
+            }
+        }
+        let _ = writeln!(t, "  (compared on: {basis})");
+        t
+    }
+
+    /// Our design must hold every invariant.
+    pub fn pipeline_failures(&self) -> Vec<String> {
+        let Some((r, d)) = self.designs.get("pipeline") else {
+            return Vec::new();
+        };
+        let mut f: Vec<String> = d.violations.clone();
+        if r.oversold > 0 {
+            f.push(format!("{} units oversold", r.oversold));
+        }
+        if r.stranded > 0 {
+            f.push(format!("{} units stranded", r.stranded));
+        }
+        if d.undecided > 0 {
+            f.push(format!("{} orders undecided", d.undecided));
+        }
+        f
+    }
+}
+
+/// One line per design as it finishes.
+pub fn summary(r: &DesignReport, d: &Details) -> String {
+    format!(
+        "sold {} of the stock, sold out at {} s, all decided at {} s ({} orders/s), {} throttles, {} conflicts",
+        d.sold,
+        opt(r.sellout_s, 2),
+        opt(r.all_decided_s, 2),
+        opt(r.orders_per_s, 0),
+        r.throttles,
+        r.conflicts
+    )
+}
+
+pub fn cold_start_table(measured: &BTreeMap<String, Measured>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nCold start (x86_64 `cargo lambda build --release` binaries run on this machine; the \
+         deployed target is arm64): exec → first Runtime API request\n"
+    );
+    let _ = writeln!(
+        t,
+        "{:<15} {:>10} {:>8} {:>8} {:>12} {:>10}",
+        "function", "median_ms", "min_ms", "max_ms", "binary_MB", "zip_MB"
+    );
+    for (f, m) in measured {
+        let _ = writeln!(
+            t,
+            "{:<15} {:>10.2} {:>8.2} {:>8.2} {:>12.2} {:>10.2}",
+            f,
+            m.report.init_ms_median,
+            m.min_ms,
+            m.max_ms,
+            m.report.binary_bytes as f64 / 1e6,
+            m.report.zip_bytes as f64 / 1e6
+        );
+    }
+    t
+}

@@ -1,0 +1,79 @@
+//! `version_lock`: the classic optimistic lock. Read the stock and its version, write the new
+//! stock on condition that the version has not moved, and on a lost race read again, at most
+//! 3 retries with backoff, all inside the API call. A buyer who loses four races is refused,
+//! even while stock is left.
+
+use crate::hot::{self, classify, n, Call, Hot};
+use crate::sale::{
+    backoff, run_buyers, Answer, Decision, Design, DesignReport, Details, Run, Sale,
+};
+use flash_aws::capacity::CapacityModel;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Retries after the first attempt.
+pub const RETRIES: u32 = 3;
+/// First pause after a lost race; doubles each retry (10, 20, 40 ms, jittered ±50 %).
+const RETRY_BASE: Duration = Duration::from_millis(10);
+
+pub struct VersionLock {
+    hot: Hot,
+}
+
+impl Design for VersionLock {
+    async fn buy(&self, _worker: usize, buyer: usize, run: &Run) -> Answer {
+        for attempt in 0..=RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(RETRY_BASE, attempt - 1, 1_000)).await;
+            }
+            let (available, version) = match self.hot.read_stock().await {
+                Ok(v) => v,
+                Err(code) => return Answer::Unavailable(code),
+            };
+            if available < 1 {
+                return Answer::Decided(Decision::SoldOut);
+            }
+            let out = self
+                .hot
+                .client
+                .update_item()
+                .table_name(&self.hot.table)
+                .set_key(Some(self.hot.key("STOCK")))
+                .update_expression("SET available = :a, version = :next")
+                .condition_expression("version = :v")
+                .expression_attribute_values(":a", n(available - 1))
+                .expression_attribute_values(":next", n(version + 1))
+                .expression_attribute_values(":v", n(version))
+                .send()
+                .await;
+            match classify(out) {
+                Call::Done(_) => {
+                    self.hot.stock_write();
+                    if available == 1 {
+                        run.mark_sellout();
+                    }
+                    self.hot.record_order(buyer).await;
+                    return Answer::Decided(Decision::Sold);
+                }
+                Call::Condition => self.hot.stock_write(),
+                Call::Unavailable(code) => return Answer::Unavailable(code),
+            }
+        }
+        Answer::Decided(Decision::Refused("retries_exhausted"))
+    }
+}
+
+pub async fn run(
+    sale: &Sale,
+    model: &CapacityModel,
+    table: &str,
+    sku: String,
+) -> anyhow::Result<(DesignReport, Details)> {
+    let hot = Hot::new(hot::client(model, "version_lock").await, table, sku);
+    hot.seed(sale.stock).await?;
+    let before = model.stats();
+    let design = Arc::new(VersionLock { hot });
+    let run = Run::start();
+    let outcomes = run_buyers(design.clone(), sale, &run).await;
+    hot::report(&design.hot, sale, &run, &outcomes, model, before).await
+}
