@@ -142,7 +142,7 @@ fuzz: $(CARGO_FUZZ)
 # takes several minutes.
 BENCH_STATE := .local/bench
 BENCH_LAMBDA_DIR := target/lambda-bench
-BENCH_FUNCTIONS := place-order process-orders get-order advance-order products
+BENCH_FUNCTIONS := place-order process-orders get-order advance-order products expire-orders reconcile
 bench: BUYERS = 20000
 bench: STOCK = 2000
 

@@ -10,6 +10,9 @@ events in and responses out go through the runtime's serialisation, as on AWS.
   get-order -> 200 queued|pending                        advance-order pay -> 409 invalid_transition or 200
   process-orders, unknown orders -> all 3 in batchItemFailures (partial batch response)
   process-orders, the order placed above -> no failures, and get-order then says pending
+  expire-orders, that order's timeout before its deadline -> no failures (sent again), still pending;
+    a timeout naming no order -> its record in batchItemFailures
+  reconcile, a scheduled event -> a summary with products, violations, unsettled
 
 Usage: lambda-runtime-check.py STATE/stack.env   (written by `infra/stack.py up`)
 Prints one PASS/FAIL line per check; exits non-zero on any failure or missing prerequisite.
@@ -31,8 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CARGO_LAMBDA = ROOT / ".tools/venv/bin/cargo-lambda"
-BINS = ("products", "place-order", "get-order", "advance-order", "process-orders")
-REQUIRED = ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS", "TABLE_NAME", "ORDERS_QUEUE_URL")
+BINS = ("products", "place-order", "get-order", "advance-order", "process-orders", "expire-orders", "reconcile")
+REQUIRED = ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS", "TABLE_NAME", "ORDERS_QUEUE_URL",
+            "PAYMENT_TIMEOUTS_QUEUE_URL")
 INVOKE_TIMEOUT_S = 60
 failures = 0
 
@@ -150,6 +154,22 @@ def checks(port: int) -> None:
     status, body = http(invoke(port, "get-order", event("get-order", order_id=order_id)))
     check("get-order after processing -> 200 pending", (status, body.get("status")) == (200, "pending"),
           [status, body.get("status")])
+
+    response = invoke(port, "expire-orders", event("expire-orders", order_id=order_id))
+    check("expire-orders, timeout before the deadline -> no batchItemFailures",
+          response.get("batchItemFailures") == [], response)
+    status, body = http(invoke(port, "get-order", event("get-order", order_id=order_id)))
+    check("get-order after an early timeout -> 200 pending", (status, body.get("status")) == (200, "pending"),
+          [status, body.get("status")])
+    fixture = event("expire-orders")
+    response = invoke(port, "expire-orders", fixture)
+    failed = [f.get("itemIdentifier") for f in response.get("batchItemFailures") or []]
+    check("expire-orders, unknown order -> 1 batchItemFailure",
+          failed == [fixture["Records"][0]["messageId"]], response)
+
+    response = invoke(port, "reconcile", event("reconcile"))
+    check("reconcile -> summary", isinstance(response, dict)
+          and {"products", "violations", "unsettled"} <= set(response), response)
 
 
 def kill(pgid: int, sig: int) -> None:

@@ -699,6 +699,8 @@ def cmd_up(state: Path, template_path: Path) -> int:
         "TABLE_NAME": ref("OrdersTable"),
         "ORDERS_QUEUE_URL": ref("OrdersQueue"),
         "ORDERS_DLQ_URL": ref("OrdersDeadLetterQueue"),
+        "PAYMENT_TIMEOUTS_QUEUE_URL": ref("PaymentTimeoutsQueue"),
+        "PAYMENT_TIMEOUTS_DLQ_URL": ref("PaymentTimeoutsDeadLetterQueue"),
     }
     for function, variables in functions.items():
         for key, value in variables.items():

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Security review of a SAM template: what a platform team checks before approving it.
+"""Security and operations review of a SAM template: what a platform team checks before
+approving it.
 
 Usage: infra/template-check.py [TEMPLATE]   (default: template.yaml)
 
@@ -17,7 +18,20 @@ Fails (exit 1, one line per finding) when
   - a route has no authorizer: an HttpApi/Api event with neither its own Auth.Authorizer nor
     a DefaultAuthorizer on its API, `Authorizer: NONE`, an authorizer its API does not define,
     an AWS::ApiGatewayV2::Route with AuthorizationType NONE, or a function URL with AuthType
-    NONE.
+    NONE;
+  - a SAM function (with Globals.Function applied) has no AutoPublishAlias, no enabled
+    DeploymentPreference, a Type that shifts all traffic at once (AllAtOnce), or no Alarms
+    to roll a bad version back;
+  - a table or queue is not kept on a stack delete and on a replacement (DeletionPolicy and
+    UpdateReplacePolicy: Retain), or a table has no point-in-time recovery;
+  - an alarm is missing: ApproximateNumberOfMessagesVisible > 0 on each dead-letter queue
+    (a queue another queue's RedrivePolicy targets), ApproximateAgeOfOldestMessage on each
+    queue a function consumes, Lambda Errors > 0 on each SQS-consuming function, and
+    FlashSale ReconcilerViolations > 0. "> 0" means it fires on the first one:
+    GreaterThanThreshold 0 or GreaterThanOrEqualToThreshold 1;
+  - an HTTP API (AWS::Serverless::HttpApi, or SAM's implicit one) has no stage throttling:
+    DefaultRouteSettings (its own or Globals.HttpApi) without ThrottlingRateLimit and
+    ThrottlingBurstLimit.
 Policies are read from every function (Policies), IAM role (Policies, ManagedPolicyArns) and
 IAM policy resource in the template. Prints `template-check: OK ...` otherwise.
 infra/test_template_check.py proves each finding fires.
@@ -38,7 +52,8 @@ from stack import load_template  # noqa: E402 - the CloudFormation-tag-aware YAM
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 
 # Managed policies that grant only what their name says, on resources they name or on
-# actions that take no resource: reviewed and allowed.
+# actions that take no resource: reviewed and allowed. (With Tracing: Active, SAM itself
+# adds AWSXrayWriteOnlyAccess to each function's role: X-Ray writes, which take only "*".)
 NARROW_MANAGED_POLICIES = {
     "AWSLambdaBasicExecutionRole",
     "AWSXRayDaemonWriteAccess",
@@ -72,6 +87,10 @@ RESOURCE_STAR_ONLY_ACTIONS = {
     "cloudwatch:putmetricdata",
 }
 WILDCARD = re.compile(r"[*?]")
+# Resources holding data a stack delete or a resource replacement must not destroy.
+DATA_TYPES = ("AWS::DynamoDB::Table", "AWS::SQS::Queue")
+# The reconciler's custom metric (EMF): invariant violations found in a run.
+RECONCILER_METRIC = ("FlashSale", "ReconcilerViolations")
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,9 @@ class Counts:
     functions: int = 0
     statements: int = 0
     routes: int = 0
+    data_resources: int = 0
+    alarms: int = 0
+    apis: int = 0
 
 
 def as_list(value: Any) -> list[Any]:
@@ -282,6 +304,151 @@ def check_route(where: str, template: dict[str, Any], kind: str, properties: dic
     elif authorizer != "AWS_IAM" and authorizer not in (auth.get("Authorizers") or {}):
         findings.append(Finding(where, f"route {route} uses authorizer {authorizer}, which {api} does not define"))
 
+# --- operations: safe deployment, data kept, alarms, throttling ------------------------
+
+
+def with_globals(global_value: Any, own: Any) -> Any:
+    """SAM's Globals rule: maps merge key by key, lists add up, anything else is replaced."""
+    if own is None:
+        return global_value
+    if isinstance(global_value, dict) and isinstance(own, dict):
+        return {**global_value, **{k: with_globals(global_value.get(k), v) for k, v in own.items()}}
+    if isinstance(global_value, list) and isinstance(own, list):
+        return global_value + own
+    return own
+
+
+def is_true(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def check_deployment(name: str, properties: dict[str, Any], findings: list[Finding]) -> None:
+    if not properties.get("AutoPublishAlias"):
+        findings.append(
+            Finding(name, "no AutoPublishAlias: callers invoke $LATEST, so no version can be canaried or rolled back")
+        )
+    preference = properties.get("DeploymentPreference")
+    if not isinstance(preference, dict) or not is_true(preference.get("Enabled", True)):
+        findings.append(Finding(name, "no enabled DeploymentPreference: a new version takes all traffic at once"))
+        return
+    if preference.get("Type") in (None, "AllAtOnce"):
+        findings.append(
+            Finding(name, f"DeploymentPreference Type {preference.get('Type', 'missing')}: use a Canary or Linear type")
+        )
+    if not as_list(preference.get("Alarms")):
+        findings.append(Finding(name, "DeploymentPreference has no Alarms: nothing rolls a bad version back"))
+
+
+def check_data_resource(name: str, resource: dict[str, Any], findings: list[Finding]) -> None:
+    for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
+        if resource.get(policy) != "Retain":
+            findings.append(
+                Finding(name, f"{policy} is {resource.get(policy, 'not set (Delete)')}, not Retain: the data would be lost")
+            )
+    if resource.get("Type") == "AWS::DynamoDB::Table":
+        pitr = (resource.get("Properties") or {}).get("PointInTimeRecoverySpecification") or {}
+        if not is_true(pitr.get("PointInTimeRecoveryEnabled")):
+            findings.append(Finding(name, "no point-in-time recovery (PointInTimeRecoverySpecification)"))
+
+
+def referenced(value: Any) -> Any:
+    """The logical id a !Ref or !GetAtt names; anything else as it is."""
+    if isinstance(value, dict) and len(value) == 1:
+        (key, arg), = value.items()
+        if key == "Ref":
+            return arg
+        if key == "Fn::GetAtt":
+            return arg[0] if isinstance(arg, list) else str(arg).split(".", 1)[0]
+    return value
+
+
+def watched_metrics(alarm: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[Any, Any]]]:
+    """(namespace, metric name, {dimension: value or logical id}) of each metric an alarm
+    watches: its own, or each MetricStat of a metric math alarm."""
+    stats = [((m or {}).get("MetricStat") or {}).get("Metric") or {} for m in as_list(alarm.get("Metrics"))]
+    for metric in [alarm, *stats]:
+        if metric.get("MetricName"):
+            dimensions = {
+                d.get("Name"): referenced(d.get("Value")) for d in as_list(metric.get("Dimensions")) if isinstance(d, dict)
+            }
+            yield metric.get("Namespace"), metric.get("MetricName"), dimensions
+
+
+def fires_on_first(alarm: dict[str, Any]) -> bool:
+    try:
+        threshold = float(alarm.get("Threshold"))
+    except (TypeError, ValueError):
+        return False
+    operator = alarm.get("ComparisonOperator")
+    return (operator == "GreaterThanThreshold" and threshold == 0) or (
+        operator == "GreaterThanOrEqualToThreshold" and threshold <= 1
+    )
+
+
+def check_alarms(template: dict[str, Any], findings: list[Finding], counts: Counts) -> None:
+    resources: dict[str, Any] = template.get("Resources") or {}
+    alarms = [
+        resource.get("Properties") or {}
+        for resource in resources.values()
+        if resource.get("Type") == "AWS::CloudWatch::Alarm"
+    ]
+    counts.alarms = len(alarms)
+
+    def require(where: str, namespace: str, metric: str, dimension: tuple[str, str] | None, first: bool) -> None:
+        watching = [
+            alarm
+            for alarm in alarms
+            if any(
+                (ns, name) == (namespace, metric) and (dimension is None or dims.get(dimension[0]) == dimension[1])
+                for ns, name, dims in watched_metrics(alarm)
+            )
+        ]
+        wanted = f"{namespace} {metric}" + (f" for {dimension[0]} {dimension[1]}" if dimension else "")
+        if not watching:
+            findings.append(Finding(where, f"no alarm on {wanted}" + (" > 0" if first else "")))
+        elif first and not any(fires_on_first(alarm) for alarm in watching):
+            findings.append(Finding(where, f"the alarm on {wanted} does not fire on the first one (> 0)"))
+
+    queues = {name: r for name, r in resources.items() if r.get("Type") == "AWS::SQS::Queue"}
+    for queue in queues.values():
+        redrive = (queue.get("Properties") or {}).get("RedrivePolicy") or {}
+        dlq = referenced(redrive.get("deadLetterTargetArn")) if isinstance(redrive, dict) else None
+        if dlq in queues:
+            require(dlq, "AWS/SQS", "ApproximateNumberOfMessagesVisible", ("QueueName", dlq), first=True)
+    for name, resource in resources.items():
+        if resource.get("Type") not in FUNCTION_TYPES:
+            continue
+        events = ((resource.get("Properties") or {}).get("Events") or {}).values()
+        consumed = [referenced((e.get("Properties") or {}).get("Queue")) for e in events if (e or {}).get("Type") == "SQS"]
+        if consumed:
+            require(name, "AWS/Lambda", "Errors", ("FunctionName", name), first=True)
+        for queue in consumed:
+            require(queue, "AWS/SQS", "ApproximateAgeOfOldestMessage", ("QueueName", queue), first=False)
+    require("Resources", *RECONCILER_METRIC, None, first=True)
+
+
+def check_throttling(template: dict[str, Any], findings: list[Finding], counts: Counts) -> None:
+    resources: dict[str, Any] = template.get("Resources") or {}
+    global_settings = ((template.get("Globals") or {}).get("HttpApi") or {}).get("DefaultRouteSettings")
+    apis = {
+        name: with_globals(global_settings, (r.get("Properties") or {}).get("DefaultRouteSettings"))
+        for name, r in resources.items()
+        if r.get("Type") == "AWS::Serverless::HttpApi"
+    }
+    implicit = any(
+        (event or {}).get("Type") == "HttpApi" and "ApiId" not in ((event or {}).get("Properties") or {})
+        for r in resources.values()
+        if r.get("Type") in FUNCTION_TYPES
+        for event in ((r.get("Properties") or {}).get("Events") or {}).values()
+    )
+    if implicit:
+        apis["ServerlessHttpApi"] = global_settings
+    counts.apis = len(apis)
+    for name, settings in apis.items():
+        missing = [k for k in ("ThrottlingRateLimit", "ThrottlingBurstLimit") if (settings or {}).get(k) is None]
+        if missing:
+            findings.append(Finding(name, f"no stage throttling: DefaultRouteSettings has no {' or '.join(missing)}"))
+
 
 # --- the whole template ----------------------------------------------------------------
 
@@ -290,7 +457,8 @@ def check(template: dict[str, Any]) -> tuple[list[Finding], Counts]:
     findings: list[Finding] = []
     counts = Counts()
     resources: dict[str, Any] = template.get("Resources") or {}
-    global_policies = ((template.get("Globals") or {}).get("Function") or {}).get("Policies")
+    global_function = (template.get("Globals") or {}).get("Function") or {}
+    global_policies = global_function.get("Policies")
     if global_policies is not None:
         check_function_policies("Globals.Function", global_policies, resources, findings, counts)
     for name, resource in resources.items():
@@ -299,6 +467,12 @@ def check(template: dict[str, Any]) -> tuple[list[Finding], Counts]:
         if kind in FUNCTION_TYPES:
             counts.functions += 1
             check_function_policies(name, properties.get("Policies"), resources, findings, counts)
+            if kind == "AWS::Serverless::Function":
+                deployment = {
+                    key: with_globals(global_function.get(key), properties.get(key))
+                    for key in ("AutoPublishAlias", "DeploymentPreference")
+                }
+                check_deployment(name, deployment, findings)
             for event_name, event in (properties.get("Events") or {}).items():
                 event_kind = (event or {}).get("Type")
                 if event_kind in ("HttpApi", "Api"):
@@ -308,6 +482,9 @@ def check(template: dict[str, Any]) -> tuple[list[Finding], Counts]:
             if isinstance(url, dict) and url.get("AuthType") == "NONE":
                 counts.routes += 1
                 findings.append(Finding(name, "function URL with AuthType: NONE has no authorizer"))
+        elif kind in DATA_TYPES:
+            counts.data_resources += 1
+            check_data_resource(name, resource, findings)
         elif kind == "AWS::Lambda::Url":
             counts.routes += 1
             if properties.get("AuthType") == "NONE":
@@ -325,6 +502,8 @@ def check(template: dict[str, Any]) -> tuple[list[Finding], Counts]:
                 findings.append(
                     Finding(name, f"route {properties.get('RouteKey', '?')} has AuthorizationType NONE")
                 )
+    check_alarms(template, findings, counts)
+    check_throttling(template, findings, counts)
     return findings, counts
 
 
@@ -340,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"template-check: OK {path.name}: {counts.functions} functions, {counts.statements} policy "
         f"statements, {counts.routes} routes: no wildcard action or resource, no broad managed "
-        "policy or policy template, every route behind an authorizer"
+        "policy or policy template, every route behind an authorizer; every function behind a "
+        f"canary alias with rollback alarms, {counts.data_resources} tables and queues retained "
+        f"(tables with point-in-time recovery), {counts.alarms} alarms covering the DLQ, processor "
+        f"errors, oldest message age and reconciler violations, {counts.apis} HTTP API(s) with "
+        "stage throttling"
     )
     return 0
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Unit tests for infra/template-check.py: each kind of finding fires on a template that has
-it, and the real template.yaml passes.
+it (the operations checks on the real template.yaml with one thing taken away), and the real
+template.yaml passes.
 
 Run: python infra/test_template_check.py   (or python -m unittest discover -s infra)
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import sys
@@ -23,9 +25,18 @@ template_check = importlib.util.module_from_spec(_spec)
 sys.modules["template_check"] = template_check
 _spec.loader.exec_module(template_check)
 
+# What the operations checks want of any template, so that the security tests below see
+# only their own findings: every function canaried, every HTTP API throttled, data kept, the
+# reconciler alarm.
 HEADER = """\
 AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    AutoPublishAlias: live
+    DeploymentPreference: {Type: Canary10Percent5Minutes, Alarms: [!Ref Reconciler]}
+  HttpApi:
+    DefaultRouteSettings: {ThrottlingBurstLimit: 20, ThrottlingRateLimit: 10}
 Resources:
   Api:
     Type: AWS::Serverless::HttpApi
@@ -40,8 +51,24 @@ Resources:
     Type: AWS::Serverless::HttpApi
   Table:
     Type: AWS::DynamoDB::Table
+    DeletionPolicy: Retain
+    UpdateReplacePolicy: Retain
+    Properties:
+      PointInTimeRecoverySpecification: {PointInTimeRecoveryEnabled: true}
   Queue:
     Type: AWS::SQS::Queue
+    DeletionPolicy: Retain
+    UpdateReplacePolicy: Retain
+  Reconciler:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Namespace: FlashSale
+      MetricName: ReconcilerViolations
+      Statistic: Sum
+      Period: 300
+      EvaluationPeriods: 1
+      Threshold: 0
+      ComparisonOperator: GreaterThanThreshold
 """
 
 # Everything a finding-free function may do: scoped statements, a wildcard under one of our
@@ -207,12 +234,23 @@ class TemplateCheckTest(unittest.TestCase):
         text = """\
 Transform: AWS::Serverless-2016-10-31
 Globals:
+  Function:
+    AutoPublishAlias: live
+    DeploymentPreference: {Type: Linear10PercentEvery1Minute, Alarms: [!Ref Reconciler]}
   HttpApi:
+    DefaultRouteSettings: {ThrottlingBurstLimit: 20, ThrottlingRateLimit: 10}
     Auth:
       DefaultAuthorizer: Jwt
       Authorizers:
         Jwt: {JwtConfiguration: {issuer: https://issuer.example, audience: [api]}}
 Resources:
+  Reconciler:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Namespace: FlashSale
+      MetricName: ReconcilerViolations
+      Threshold: 1
+      ComparisonOperator: GreaterThanOrEqualToThreshold
   Fn:
     Type: AWS::Serverless::Function
     Properties:
@@ -225,6 +263,10 @@ Resources:
         self.assertEqual(
             findings_of(text.replace("DefaultAuthorizer: Jwt", "EnableIamAuthorizer: false")),
             ["Fn.Events.Implicit: route GET /x has no authorizer (no Auth.Authorizer, no DefaultAuthorizer on ServerlessHttpApi)"],
+        )
+        self.assertEqual(
+            findings_of(text.replace("DefaultRouteSettings: {ThrottlingBurstLimit: 20, ThrottlingRateLimit: 10}", "")),
+            ["ServerlessHttpApi: no stage throttling: DefaultRouteSettings has no ThrottlingRateLimit or ThrottlingBurstLimit"],
         )
 
     def test_the_real_template_passes_and_main_says_ok(self) -> None:
@@ -245,6 +287,133 @@ Resources:
         lines = out.getvalue().splitlines()
         self.assertEqual(sum(l.startswith("template-check: FINDING ") for l in lines), len(EXPECTED_BAD))
         self.assertTrue(lines[-1].startswith("template-check: FAILED"), lines[-1])
+
+
+REAL_TEMPLATE = INFRA.parent / "template.yaml"
+
+
+def real_findings(mutate) -> list[str]:
+    """The findings on the real template after `mutate` changed a copy of it."""
+    template = copy.deepcopy(template_check.load_template(REAL_TEMPLATE))
+    mutate(template["Resources"], template.setdefault("Globals", {}).setdefault("Function", {}))
+    findings, _counts = template_check.check(template)
+    return [str(f) for f in findings]
+
+
+def alarm_on(resources: dict, metric: str, queue_or_function: str | None = None) -> str:
+    """The logical id of the real template's alarm on `metric` (for that queue or function)."""
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        for _ns, metric_name, dims in template_check.watched_metrics(resource["Properties"]):
+            if metric_name == metric and (queue_or_function is None or queue_or_function in dims.values()):
+                return name
+    raise AssertionError(f"the real template has no alarm on {metric} {queue_or_function or ''}")
+
+
+class OperationsCheckTest(unittest.TestCase):
+    """Each operations check fails on the real template with one thing taken away."""
+
+    def assert_finds(self, mutate, *expected: str) -> None:
+        found = real_findings(mutate)
+        for line in expected:
+            self.assertIn(line, found, "\n".join(found))
+        self.assertEqual(len(found), len(expected), "\n".join(found))
+
+    def test_the_real_template_has_no_finding(self) -> None:
+        self.assertEqual(real_findings(lambda resources, globals_: None), [])
+
+    def test_every_function_needs_an_alias(self) -> None:
+        functions = [n for n, r in template_check.load_template(REAL_TEMPLATE)["Resources"].items()
+                     if r["Type"] == "AWS::Serverless::Function"]
+        self.assertTrue(functions)
+        self.assert_finds(
+            lambda resources, globals_: globals_.pop("AutoPublishAlias"),
+            *(f"{f}: no AutoPublishAlias: callers invoke $LATEST, so no version can be canaried or rolled back"
+              for f in functions),
+        )
+
+    def test_a_function_opting_out_of_the_canary_is_found(self) -> None:
+        def mutate(resources: dict, globals_: dict) -> None:
+            resources["ProcessOrdersFunction"]["Properties"]["DeploymentPreference"] = {"Enabled": False}
+        self.assert_finds(
+            mutate, "ProcessOrdersFunction: no enabled DeploymentPreference: a new version takes all traffic at once"
+        )
+
+    def test_all_at_once_is_not_a_canary(self) -> None:
+        def mutate(resources: dict, globals_: dict) -> None:
+            resources["PlaceOrderFunction"]["Properties"]["DeploymentPreference"] = {"Type": "AllAtOnce"}
+        self.assert_finds(mutate, "PlaceOrderFunction: DeploymentPreference Type AllAtOnce: use a Canary or Linear type")
+
+    def test_a_canary_without_alarms_is_found(self) -> None:
+        def mutate(resources: dict, globals_: dict) -> None:
+            globals_["DeploymentPreference"].pop("Alarms")
+        found = real_findings(mutate)
+        self.assertTrue(found)
+        self.assertTrue(
+            all(f.endswith("DeploymentPreference has no Alarms: nothing rolls a bad version back") for f in found), found
+        )
+
+    def test_tables_and_queues_are_retained(self) -> None:
+        def mutate(resources: dict, globals_: dict) -> None:
+            resources["OrdersTable"]["UpdateReplacePolicy"] = "Delete"
+            del resources["OrdersDeadLetterQueue"]["DeletionPolicy"]
+        self.assert_finds(
+            mutate,
+            "OrdersTable: UpdateReplacePolicy is Delete, not Retain: the data would be lost",
+            "OrdersDeadLetterQueue: DeletionPolicy is not set (Delete), not Retain: the data would be lost",
+        )
+
+    def test_a_table_needs_point_in_time_recovery(self) -> None:
+        def mutate(resources: dict, globals_: dict) -> None:
+            resources["OrdersTable"]["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] = False
+        self.assert_finds(mutate, "OrdersTable: no point-in-time recovery (PointInTimeRecoverySpecification)")
+
+    def test_the_dead_letter_queue_alarm_is_required_and_fires_on_the_first_message(self) -> None:
+        self.assert_finds(
+            lambda resources, _: resources.pop(
+                alarm_on(resources, "ApproximateNumberOfMessagesVisible", "OrdersDeadLetterQueue")
+            ),
+            "OrdersDeadLetterQueue: no alarm on AWS/SQS ApproximateNumberOfMessagesVisible for QueueName "
+            "OrdersDeadLetterQueue > 0",
+        )
+
+        def raise_threshold(resources: dict, globals_: dict) -> None:
+            name = alarm_on(resources, "ApproximateNumberOfMessagesVisible", "OrdersDeadLetterQueue")
+            resources[name]["Properties"]["Threshold"] = 10
+        self.assert_finds(
+            raise_threshold,
+            "OrdersDeadLetterQueue: the alarm on AWS/SQS ApproximateNumberOfMessagesVisible for QueueName "
+            "OrdersDeadLetterQueue does not fire on the first one (> 0)",
+        )
+
+    def test_the_processor_errors_alarm_is_required(self) -> None:
+        self.assert_finds(
+            lambda resources, _: resources.pop(alarm_on(resources, "Errors", "ProcessOrdersFunction")),
+            "ProcessOrdersFunction: no alarm on AWS/Lambda Errors for FunctionName ProcessOrdersFunction > 0",
+        )
+
+    def test_the_oldest_message_age_alarm_is_required(self) -> None:
+        self.assert_finds(
+            lambda resources, _: resources.pop(alarm_on(resources, "ApproximateAgeOfOldestMessage", "OrdersQueue")),
+            "OrdersQueue: no alarm on AWS/SQS ApproximateAgeOfOldestMessage for QueueName OrdersQueue",
+        )
+
+    def test_the_reconciler_alarm_is_required(self) -> None:
+        self.assert_finds(
+            lambda resources, _: resources.pop(alarm_on(resources, "ReconcilerViolations")),
+            "Resources: no alarm on FlashSale ReconcilerViolations > 0",
+        )
+
+    def test_the_http_api_needs_stage_throttling(self) -> None:
+        self.assert_finds(
+            lambda resources, _: resources["HttpApi"]["Properties"].pop("DefaultRouteSettings"),
+            "HttpApi: no stage throttling: DefaultRouteSettings has no ThrottlingRateLimit or ThrottlingBurstLimit",
+        )
+        self.assert_finds(
+            lambda resources, _: resources["HttpApi"]["Properties"]["DefaultRouteSettings"].pop("ThrottlingBurstLimit"),
+            "HttpApi: no stage throttling: DefaultRouteSettings has no ThrottlingBurstLimit",
+        )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ use flash_domain::order::Transition;
 use flash_domain::ports::{
     Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, ShardStock, Store,
 };
+use flash_domain::token_bucket::{micros, TokenBucket};
 use flash_domain::{Order, OrderId, OrderMessage, OrderStatus, Product, Reason, Sku, UserId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// DynamoDB's cap on items in one `TransactWriteItems`; the real table refuses more.
 const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -29,17 +31,52 @@ pub struct State {
     /// gives back more than was counted shows up instead of being clamped away.
     pub bought: BTreeMap<(Sku, UserId), i64>,
     pub orders: BTreeMap<OrderId, Order>,
+    /// `admitted` of each admission count item (signed, like `bought`).
+    pub admitted: BTreeMap<(Sku, UserId), i64>,
+    /// Orders whose item carries the `admitted` flag.
+    pub admitted_orders: BTreeSet<OrderId>,
+    /// `tat` of each caller's rate-limit bucket item.
+    pub rate: BTreeMap<UserId, i64>,
 }
 
-/// Fails the next `n` calls (of one operation, or of any).
+impl State {
+    /// The admission counts of `sku` and the orders counted in them, in the audit's terms.
+    pub fn admissions(&self, sku: &Sku) -> flash_aws::audit::Admissions {
+        flash_aws::audit::Admissions {
+            counts: self
+                .admitted
+                .iter()
+                .filter(|((s, _), _)| s == sku)
+                .map(|((_, u), n)| (u.to_string(), *n))
+                .collect(),
+            orders: self
+                .admitted_orders
+                .iter()
+                .filter(|id| self.orders.get(*id).is_some_and(|o| o.sku == *sku))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Fails the next `n` calls (of one operation, or of any); the `degraded` ones as a throttled
+/// or timed-out dependency would, the others as one that refused the request.
 #[derive(Default)]
 struct Faults {
     any: AtomicUsize,
     by_op: Mutex<HashMap<&'static str, usize>>,
+    degraded: AtomicUsize,
 }
 
 impl Faults {
     fn check(&self, op: &'static str) -> PortResult<()> {
+        if self
+            .degraded
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(PortError::degraded(op, "injected throttling"));
+        }
         let by_op = {
             let mut map = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
             match map.get_mut(op) {
@@ -68,6 +105,7 @@ struct StoreInner {
     state: Mutex<State>,
     faults: Faults,
     calls: AtomicUsize,
+    rate_limit: Mutex<Option<TokenBucket>>,
 }
 
 /// The DynamoDB store in memory. Clones share one table, so every handler in a test can hold
@@ -85,6 +123,30 @@ impl FakeStore {
     /// The next `n` store calls, whatever they are, fail as an unavailable dependency.
     pub fn fail(&self, n: usize) {
         self.inner.faults.any.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` store calls fail as DynamoDB throttling or timing out would
+    /// ([`PortError::Degraded`], what a circuit breaker counts).
+    pub fn throttle(&self, n: usize) {
+        self.inner.faults.degraded.store(n, Ordering::SeqCst);
+    }
+
+    /// Rate-limits callers with `bucket` from now on (`None`, the default: no limit).
+    pub fn set_rate_limit(&self, bucket: Option<TokenBucket>) {
+        *self
+            .inner
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bucket;
+    }
+
+    /// The admission count of (`sku`, `user`); 0 when it was never written.
+    pub fn admitted(&self, sku: &Sku, user: &UserId) -> i64 {
+        self.state()
+            .admitted
+            .get(&(sku.clone(), user.clone()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The next `n` calls of one operation (`"create_order"`, `"commit"`, ... as named by the
@@ -242,6 +304,7 @@ impl Store for FakeStore {
         meta.sale_ends_at = product.sale_ends_at;
         meta.stock_added += added;
         meta.sold_out = false;
+        meta.restocks += 1;
         for &(shard, units) in stock {
             *st.shards.entry((sku.clone(), shard)).or_default() += units;
         }
@@ -250,15 +313,9 @@ impl Store for FakeStore {
 
     async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
         let mut st = self.enter("mark_sold_out")?;
-        let empty = (0..product.shards).all(|i| {
-            st.shards
-                .get(&(product.sku.clone(), i))
-                .copied()
-                .unwrap_or(0)
-                == 0
-        });
+        // The adapter's condition: no stock came back since `product` was read.
         match st.products.get_mut(&product.sku) {
-            Some(meta) if empty => {
+            Some(meta) if meta.restocks == product.restocks => {
                 meta.sold_out = true;
                 Ok(true)
             }
@@ -297,6 +354,30 @@ impl Store for FakeStore {
             return Ok(CreateOrder::Exists(old.clone()));
         }
         st.orders.insert(order.id.clone(), order.clone());
+        Ok(CreateOrder::Created)
+    }
+
+    async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
+        let mut st = self.enter("create_limited_order")?;
+        let q = order.quantity.get();
+        let Some(max) = limit.checked_sub(q) else {
+            return Ok(CreateOrder::LimitReached { admitted: 0 });
+        };
+        // One transaction: the put's condition first (a replay answers the order), then the
+        // counter's `attribute_not_exists(admitted) OR admitted <= :max`.
+        if let Some(old) = st.orders.get(&order.id) {
+            return Ok(CreateOrder::Exists(old.clone()));
+        }
+        let counter = (order.sku.clone(), order.owner.clone());
+        let admitted = st.admitted.get(&counter).copied();
+        if admitted.is_some_and(|a| a > i64::from(max)) {
+            return Ok(CreateOrder::LimitReached {
+                admitted: admitted.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+            });
+        }
+        st.orders.insert(order.id.clone(), order.clone());
+        st.admitted_orders.insert(order.id.clone());
+        *st.admitted.entry(counter).or_default() += i64::from(q);
         Ok(CreateOrder::Created)
     }
 
@@ -389,15 +470,24 @@ impl Store for FakeStore {
 
     async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
         let mut st = self.enter("reject")?;
-        match st.orders.get_mut(id) {
-            Some(o) if o.status == OrderStatus::Queued => {
-                o.status = OrderStatus::Rejected;
-                o.reason = Some(reason);
-                o.updated_at = now;
-                Ok(true)
-            }
-            _ => Ok(false),
+        let admitted = st.admitted_orders.contains(id);
+        let Some(o) = st
+            .orders
+            .get_mut(id)
+            .filter(|o| o.status == OrderStatus::Queued)
+        else {
+            return Ok(false);
+        };
+        o.status = OrderStatus::Rejected;
+        o.reason = Some(reason);
+        o.updated_at = now;
+        // An order counted at admission gives its units back in the same write.
+        let counter = (o.sku.clone(), o.owner.clone());
+        let q = i64::from(o.quantity.get());
+        if admitted {
+            *st.admitted.entry(counter).or_default() -= q;
         }
+        Ok(true)
     }
 
     async fn advance(
@@ -408,11 +498,15 @@ impl Store for FakeStore {
         now: Millis,
     ) -> PortResult<Advance> {
         let mut st = self.enter("advance")?;
+        let admitted = st.admitted_orders.contains(&order.id);
         if t.restores_stock {
             let mut keys = vec![format!("ORDER#{}", order.id), "META".to_owned()];
             keys.extend(order.takes.iter().map(|t| format!("SHARD#{:03}", t.shard)));
             if order.counted {
                 keys.push(format!("BUYER#{}", order.owner));
+            }
+            if admitted {
+                keys.push(format!("ADMIT#{}", order.owner));
             }
             check_transaction("advance", &keys)?;
         }
@@ -420,6 +514,11 @@ impl Store for FakeStore {
             return Ok(Advance::Stale);
         };
         if stored.status != t.from || owner.is_some_and(|o| *o != stored.owner) {
+            return Ok(Advance::Stale);
+        }
+        // The deadline condition: `expires_at > :now` for pay, `expires_at <= :now` for the
+        // payment timeout.
+        if t.window().is_some_and(|w| !w.holds(stored.expires_at, now)) {
             return Ok(Advance::Stale);
         }
         // `SET status, updated_at[, reason]` and `REMOVE expires_at` unless the order stays
@@ -445,9 +544,15 @@ impl Store for FakeStore {
         }
         if let Some(meta) = st.products.get_mut(&order.sku) {
             meta.sold_out = false;
+            meta.restocks += 1;
         }
         if order.counted {
             *st.bought
+                .entry((order.sku.clone(), order.owner.clone()))
+                .or_default() -= i64::from(order.quantity.get());
+        }
+        if admitted {
+            *st.admitted
                 .entry((order.sku.clone(), order.owner.clone()))
                 .or_default() -= i64::from(order.quantity.get());
         }
@@ -455,12 +560,29 @@ impl Store for FakeStore {
         updated.apply(t, now);
         Ok(Advance::Done(updated))
     }
+
+    async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
+        let bucket = *self
+            .inner
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(bucket) = bucket else {
+            return Ok(Ok(()));
+        };
+        let mut st = self.enter("take_token")?;
+        let stored = st.rate.get(caller).copied();
+        Ok(bucket.take(stored, micros(now)).map(|tat| {
+            st.rate.insert(caller.clone(), tat);
+        }))
+    }
 }
 
 #[derive(Default)]
 struct QueueInner {
     sent: Mutex<Vec<OrderMessage>>,
     faults: Faults,
+    calls: AtomicUsize,
 }
 
 /// The orders queue in memory: records what was sent. Clones share one queue.
@@ -477,6 +599,16 @@ impl FakeQueue {
     /// The next `n` sends fail as an unavailable dependency.
     pub fn fail(&self, n: usize) {
         self.inner.faults.any.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` sends fail as SQS throttling or timing out would.
+    pub fn throttle(&self, n: usize) {
+        self.inner.faults.degraded.store(n, Ordering::SeqCst);
+    }
+
+    /// How many sends were tried, failed ones included.
+    pub fn calls(&self) -> usize {
+        self.inner.calls.load(Ordering::SeqCst)
     }
 
     /// Everything sent so far, oldest first.
@@ -512,6 +644,7 @@ pub fn message_body(m: &OrderMessage) -> String {
 
 impl Queue for FakeQueue {
     async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
+        self.inner.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.faults.check("send")?;
         self.messages().push(msg.clone());
         Ok(())

@@ -3,17 +3,31 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::Request;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 pub fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events")
 }
 
-/// The fixture `events/{name}.json` as JSON.
+/// The fixture `events/{name}.json` as JSON. Each file is read once per test binary: the
+/// fault suite builds requests by the hundred thousand.
 pub fn event(name: &str) -> Value {
+    static CACHE: OnceLock<Mutex<HashMap<String, Value>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        return v.clone();
+    }
     let path = events_dir().join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_owned(), v.clone());
+    v
 }
 
 /// An API Gateway HTTP API (payload 2.0) request, starting from a fixture.

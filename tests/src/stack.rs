@@ -53,8 +53,17 @@ pub async fn sdk() -> aws_config::SdkConfig {
     flash_aws::config::sdk_config().await
 }
 
+/// The store the scenarios use, without the per-caller rate limit: they send many requests
+/// as one caller (an admin cancelling 40 orders at once); the rate limit has scenarios of its
+/// own ([`rate_limited_store`]).
 pub async fn store() -> DynamoStore {
-    DynamoStore::from_config(&sdk().await, var("TABLE_NAME"))
+    DynamoStore::from_config(&sdk().await, var("TABLE_NAME")).with_rate_limit(None)
+}
+
+/// A store whose callers take tokens from `bucket`. Each one keeps its own hints, as one
+/// Lambda instance would.
+pub async fn rate_limited_store(bucket: flash_domain::token_bucket::TokenBucket) -> DynamoStore {
+    DynamoStore::from_config(&sdk().await, var("TABLE_NAME")).with_rate_limit(Some(bucket))
 }
 
 pub async fn sqs() -> aws_sdk_sqs::Client {

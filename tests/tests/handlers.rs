@@ -5,6 +5,7 @@
 
 use advance_order::AdvanceOrder;
 use flash_domain::clock::parse_rfc3339;
+use flash_domain::ports::Store;
 use flash_domain::{
     IdempotencyKey, OrderId, OrderMessage, OrderStatus, Quantity, Reason, Sku, UserId,
 };
@@ -83,6 +84,18 @@ fn assert_error(r: &Resp, status: u16, code: &str) {
             .expect("Retry-After in seconds");
         assert!(secs > 0);
     }
+}
+
+/// The invariant checker (`flash_aws::audit`'s rules, admission counts included) finds
+/// nothing wrong with what the in-memory table holds about `SKU-1`.
+#[track_caller]
+fn assert_audit_clean(env: &Env) {
+    let state = env.store.snapshot();
+    let a = flash_tests::invariants::audit_state(&state, &sku(SKU));
+    let limit = state.products.get(&sku(SKU)).and_then(|p| p.per_user_limit);
+    let admissions = state.admissions(&sku(SKU)).check(&a, limit);
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert!(admissions.is_empty(), "{admissions:?}");
 }
 
 fn keys(names: &[&str]) -> BTreeSet<String> {
@@ -666,6 +679,24 @@ async fn once_the_last_unit_sells_new_orders_are_refused_sold_out_without_a_writ
 }
 
 #[tokio::test]
+async fn stock_returned_after_a_processor_read_the_product_keeps_it_off_sold_out() {
+    // GIVEN SKU-1's only unit sold to alice, and a processor that read the product then
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":1}"#).await;
+    let first = env.pending_order("alice", "a1", 1).await;
+    env.store.edit_product(&sku(SKU), |p| p.sold_out = false);
+    let read_before = env.store.product(&sku(SKU)).expect("product");
+    // WHEN alice cancels before that processor flags the product sold out
+    let r = env
+        .advance(Req::advance("alice", false, first.as_str(), "cancel"))
+        .await;
+    assert_eq!(r.status, 200, "body: {}", r.body);
+    // THEN the flag is refused, so the returned unit stays on sale
+    assert!(!env.store.mark_sold_out(&read_before).await.expect("store"));
+    assert!(!env.store.product(&sku(SKU)).expect("product").sold_out);
+    env.place_ok("bob", "b1", 1).await;
+}
+
+#[tokio::test]
 async fn an_order_for_an_unknown_sku_is_not_found() {
     // GIVEN SKU-1 only
     let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
@@ -784,22 +815,19 @@ async fn a_buyer_may_not_put_a_product() {
 async fn putting_a_new_product_creates_it_with_all_its_stock_available() {
     // GIVEN an empty table
     let env = Env::default();
-    // WHEN an admin PUTs 4500 units (more than one shard holds)
+    // WHEN an admin PUTs 250 units (more than one shard holds)
     let r = env
-        .products(Req::put_product(
-            SKU,
-            r#"{"name":"Hot phone","stock":4500}"#,
-        ))
+        .products(Req::put_product(SKU, r#"{"name":"Hot phone","stock":250}"#))
         .await;
     // THEN it is created with every unit available, spread over its shards
     assert_eq!(r.status, 201, "body: {}", r.body);
     assert_eq!(
         (r.body["available"].clone(), r.body["sold_out"].clone()),
-        (json!(4500), json!(false))
+        (json!(250), json!(false))
     );
     let product = env.store.product(&sku(SKU)).expect("stored");
-    assert_eq!((product.stock_added, product.shards), (4500, 3));
-    assert_eq!(env.available(), 4500);
+    assert_eq!((product.stock_added, product.shards), (250, 3));
+    assert_eq!(env.available(), 250);
 }
 
 #[tokio::test]
@@ -1463,16 +1491,138 @@ async fn a_message_that_disagrees_with_its_stored_order_is_reported_failed_and_n
 }
 
 #[tokio::test]
-async fn the_purchase_limit_rejects_what_a_buyer_orders_beyond_it() {
-    // GIVEN a limit of 2 per buyer, and alice ordering 1 three times in one batch
+async fn a_buyer_cannot_queue_more_than_the_purchase_limit_and_the_excess_writes_nothing() {
+    // GIVEN a limit of 2 per buyer, and alice with 2 orders of 1 queued
     let env = Env::with_product(r#"{"name":"Hot phone","stock":10,"per_user_limit":2}"#).await;
+    let first = env.place_ok("alice", "k-1", 1).await;
+    env.place_ok("alice", "k-2", 1).await;
+    assert_eq!(env.store.admitted(&sku(SKU), &user("alice")), 2);
+    // WHEN she orders a third, or one order of 3 on its own
+    // THEN each is refused 409 purchase_limit at once, and nothing is written or enqueued
+    env.assert_place_refused(Req::place_order("alice", "k-3", ONE), 409, "purchase_limit")
+        .await;
+    let three = json!({"sku": SKU, "quantity": 3}).to_string();
+    env.assert_place_refused(
+        Req::place_order("bob", "k-1", &three),
+        409,
+        "purchase_limit",
+    )
+    .await;
+    // AND a replay of an order she placed still answers it, limit or not
+    let replay = env.place(Req::place_order("alice", "k-1", ONE)).await;
+    assert_eq!((replay.status, replay.order_id()), (202, first));
+    // AND bob has an allowance of his own
+    env.place_ok("bob", "k-2", 2).await;
+    env.assert_place_refused(Req::place_order("bob", "k-3", ONE), 409, "purchase_limit")
+        .await;
+
+    // WHEN the queue is decided
+    let (failed, report) = env.deliver().await;
+    // THEN every admitted order gets its units: 2 each, none rejected for the limit
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_eq!((report.accepted, report.rejected), (3, 0));
+    assert_eq!(env.store.bought(&sku(SKU), &user("alice")), 2);
+    assert_eq!(env.store.bought(&sku(SKU), &user("bob")), 2);
+    assert_eq!(env.available(), 6);
+    assert_audit_clean(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_parallel_orders_from_one_buyer_with_a_limit_of_two_sell_exactly_two() {
+    // GIVEN plenty of stock and a limit of 2 per buyer
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":100,"per_user_limit":2}"#).await;
+    // WHEN alice sends 50 orders of one unit at once, each with its own key
+    let place = std::sync::Arc::new(PlaceOrder::new(env.store.clone(), env.queue.clone()));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let place = place.clone();
+            let req = Req::place_order("alice", &format!("k-{i}"), ONE);
+            tokio::spawn(async move { Resp::from(place.handle(req.build()).await) })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        if r.status != 202 {
+            assert_error(&r, 409, "purchase_limit");
+        }
+        statuses.push(r.status);
+    }
+    // THEN exactly 2 are admitted and enqueued; the other 48 wrote nothing
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 2);
+    assert_eq!(env.queue.sent().len(), 2);
+    assert_eq!(env.store.orders().len(), 2);
+    // AND once decided she holds exactly 2 units
+    let (failed, report) = env.deliver().await;
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_eq!((report.accepted, report.rejected), (2, 0));
+    assert_eq!(env.available(), 98);
+    assert_eq!(env.store.bought(&sku(SKU), &user("alice")), 2);
+    assert_audit_clean(&env);
+}
+
+#[tokio::test]
+async fn a_rejected_canceled_or_refunded_order_gives_its_admission_back() {
+    // GIVEN one unit and a limit of 1, alice's order queued before bob's
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":1,"per_user_limit":1}"#).await;
+    let a = env.place_ok("alice", "k-1", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let b = env.place_ok("bob", "k-1", 1).await;
+    // WHEN they are decided: first come, first served
+    env.deliver().await;
+    assert_eq!(env.status(&a), OrderStatus::Pending);
+    assert_eq!(
+        env.store.order(&b).map(|o| o.reason),
+        Some(Some(Reason::SoldOut))
+    );
+    // THEN his admission came back with the rejection: with new stock he may order again
+    assert_eq!(env.store.admitted(&sku(SKU), &user("bob")), 0);
+    let restock = env
+        .products(Req::put_product(
+            SKU,
+            r#"{"name":"Hot phone","stock":1,"per_user_limit":1}"#,
+        ))
+        .await;
+    assert_eq!(restock.status, 200, "body: {}", restock.body);
+    env.pending_order("bob", "k-2", 1).await;
+    assert_eq!(env.store.admitted(&sku(SKU), &user("bob")), 1);
+    // AND alice, at her limit, may not order until she cancels
+    env.store.edit_product(&sku(SKU), |p| p.sold_out = false);
+    env.assert_place_refused(Req::place_order("alice", "k-2", ONE), 409, "purchase_limit")
+        .await;
+    let r = env
+        .advance(Req::advance("alice", false, a.as_str(), "cancel"))
+        .await;
+    assert_eq!(r.status, 200, "body: {}", r.body);
+    assert_eq!(env.store.admitted(&sku(SKU), &user("alice")), 0);
+    // WHEN she orders again, pays, and asks for a refund
+    let again = env.pending_order("alice", "k-2", 1).await;
+    env.advance(Req::advance("alice", false, again.as_str(), "pay"))
+        .await;
+    assert_eq!(env.store.admitted(&sku(SKU), &user("alice")), 1);
+    let r = env
+        .advance(Req::advance("alice", false, again.as_str(), "refund"))
+        .await;
+    // THEN the refund gives it back too
+    assert_eq!(r.status, 200, "body: {}", r.body);
+    assert_eq!(env.store.admitted(&sku(SKU), &user("alice")), 0);
+    assert_eq!(env.available(), 1);
+    assert_audit_clean(&env);
+}
+
+#[tokio::test]
+async fn the_processor_still_enforces_the_limit_for_orders_admitted_before_it_was_set() {
+    // GIVEN alice queued 3 orders of 1 while the product had no limit, then a limit of 2
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
     for key in ["k-1", "k-2", "k-3"] {
         env.place_ok("alice", key, 1).await;
     }
+    env.store
+        .edit_product(&sku(SKU), |p| p.per_user_limit = Some(2));
     env.place_ok("bob", "k-1", 2).await;
     // WHEN the batch is decided
     let (failed, report) = env.deliver().await;
-    // THEN she gets 2, the third is rejected for the purchase limit, and bob gets his 2
+    // THEN the commit's buyer counters hold the line: she gets 2, the third is rejected
     assert!(failed.is_empty(), "failed: {failed:?}");
     assert_eq!((report.accepted, report.rejected), (3, 1));
     let alice: Vec<_> = env
@@ -1487,7 +1637,8 @@ async fn the_purchase_limit_rejects_what_a_buyer_orders_beyond_it() {
     assert_eq!(env.store.bought(&sku(SKU), &user("bob")), 2);
     assert_eq!(env.available(), 6);
 
-    // WHEN she orders again in a later batch
+    // WHEN she orders again in a later batch (admitted: her earlier orders were not counted
+    // at admission)
     let later = env.place_ok("alice", "k-4", 1).await;
     env.deliver().await;
     // THEN what she bought before still counts
@@ -1496,6 +1647,7 @@ async fn the_purchase_limit_rejects_what_a_buyer_orders_beyond_it() {
         (o.status, o.reason),
         (OrderStatus::Rejected, Some(Reason::PurchaseLimit))
     );
+    assert_eq!(env.store.admitted(&sku(SKU), &user("alice")), 0);
 }
 
 #[tokio::test]
@@ -1623,7 +1775,10 @@ mod fake_store {
             .expect("committed");
         assert_eq!(env.store.bought(&sku(SKU), &user("alice")), 1);
         assert!(env.store.order(&a).expect("stored").counted);
-        // WHEN another commit counts one more unit for her
+        // WHEN another commit counts one more unit for her (an order admission would have
+        // refused: it is queued while the limit is lifted)
+        env.store
+            .edit_product(&sku(SKU), |p| p.per_user_limit = None);
         let other = env.place_ok("alice", "k-2", 1).await;
         let refused = env
             .store
@@ -1712,5 +1867,241 @@ async fn a_forged_message_reusing_an_order_id_fails_alone_and_the_genuine_one_de
         );
         assert_eq!(env.status(&id), OrderStatus::Pending);
         assert_eq!(env.available(), 9);
+    }
+}
+
+// --- Rate limit and circuit breaker --------------------------------------------------------
+
+/// A bucket of `capacity` that refills one token every 100 s: nothing comes back during a
+/// test, so the counts are exact.
+fn slow_bucket(capacity: u32) -> flash_domain::token_bucket::TokenBucket {
+    flash_domain::token_bucket::TokenBucket::new(capacity, 0.01).expect("valid bucket")
+}
+
+#[tokio::test]
+async fn a_caller_over_the_rate_gets_429_with_retry_after_and_nothing_is_written() {
+    // GIVEN a bucket of 3 tokens per caller on the write routes
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+    env.store.set_rate_limit(Some(slow_bucket(3)));
+    // WHEN alice places 3 orders, then a fourth
+    for key in ["k-1", "k-2", "k-3"] {
+        env.place_ok("alice", key, 1).await;
+    }
+    let (before, sent) = (env.store.snapshot(), env.queue.sent().len());
+    let r = env.place(Req::place_order("alice", "k-4", ONE)).await;
+    // THEN the fourth is refused 429 rate_limited, told to come back when a token is back
+    // (one refill interval, 100 s), and nothing is written or sent
+    assert_error(&r, 429, "rate_limited");
+    let secs: u32 = r
+        .retry_after
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .expect("secs");
+    assert!((99..=100).contains(&secs), "Retry-After {secs}");
+    assert_eq!(env.store.snapshot(), before);
+    assert_eq!(env.queue.sent().len(), sent);
+    // AND her other write routes are limited by the same bucket
+    env.deliver().await;
+    let id = env.store.orders()[0].id.clone();
+    assert_eq!(env.status(&id), OrderStatus::Pending);
+    let pay = env
+        .advance(Req::advance("alice", false, id.as_str(), "pay"))
+        .await;
+    assert_error(&pay, 429, "rate_limited");
+    // AND bob has a bucket of his own
+    env.place_ok("bob", "k-1", 1).await;
+}
+
+#[tokio::test]
+async fn requests_refused_before_any_write_cost_no_token() {
+    // GIVEN a bucket of 1 token, and a product that is not on sale yet
+    let env = Env::with_product(
+        r#"{"name":"Hot phone","stock":10,"sale_starts_at":"2999-01-01T00:00:00Z"}"#,
+    )
+    .await;
+    env.store.set_rate_limit(Some(slow_bucket(1)));
+    // WHEN alice sends bad requests and orders before the sale, many times
+    for i in 0..5 {
+        let key = format!("k-{i}");
+        env.assert_place_refused(Req::place_order("alice", &key, ONE), 409, "sale_not_open")
+            .await;
+        env.assert_place_refused(
+            Req::place_order("alice", &key, "{}"),
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+    // THEN her token is still there for the write that matters
+    env.store
+        .edit_product(&sku(SKU), |p| p.sale_starts_at = None);
+    env.place_ok("alice", "k-ok", 1).await;
+    assert_error(
+        &env.place(Req::place_order("alice", "k-next", ONE)).await,
+        429,
+        "rate_limited",
+    );
+}
+
+#[tokio::test]
+async fn an_admin_putting_products_is_rate_limited_too() {
+    // GIVEN a bucket of 2 tokens
+    let env = Env::default();
+    env.store.set_rate_limit(Some(slow_bucket(2)));
+    let spec = r#"{"name":"Hot phone","stock":1}"#;
+    // WHEN the admin puts the product three times
+    let first = env.products(Req::put_product(SKU, spec)).await;
+    let second = env.products(Req::put_product(SKU, spec)).await;
+    let before = env.store.snapshot();
+    let third = env.products(Req::put_product(SKU, spec)).await;
+    // THEN the third is refused and adds no stock
+    assert_eq!((first.status, second.status), (201, 200));
+    assert_error(&third, 429, "rate_limited");
+    assert_eq!(env.store.snapshot(), before);
+    assert_eq!(env.available(), 2);
+}
+
+mod breaker {
+    use super::*;
+    use flash_domain::breaker::{BreakerConfig, State};
+    use std::time::Duration;
+
+    const COOL_DOWN: Duration = Duration::from_secs(5);
+
+    /// place-order with breakers that open after 3 failures within 10 s, for 5 s.
+    fn handler(env: &Env) -> PlaceOrder<FakeStore, FakeQueue> {
+        PlaceOrder::new(env.store.clone(), env.queue.clone()).with_breakers(BreakerConfig {
+            failures: 3,
+            window: Duration::from_secs(10),
+            cool_down: COOL_DOWN,
+        })
+    }
+
+    async fn place(h: &PlaceOrder<FakeStore, FakeQueue>, key: &str) -> Resp {
+        Resp::from(h.handle(Req::place_order("alice", key, ONE).build()).await)
+    }
+
+    fn retry_after(r: &Resp) -> u64 {
+        r.retry_after
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .expect("Retry-After in seconds")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_throttling_opens_it_and_orders_are_refused_at_once_without_a_call() {
+        // GIVEN DynamoDB throttling every call
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let h = handler(&env);
+        env.store.throttle(usize::MAX);
+        // WHEN three orders fail against it
+        for i in 0..3 {
+            assert_error(&place(&h, &format!("k-{i}")).await, 503, "unavailable");
+        }
+        // THEN the breaker is open: the next order is refused 503 with the cool-down as
+        // Retry-After, and neither DynamoDB nor SQS is called
+        assert_eq!(h.breakers().0.state(), State::Open);
+        let (calls, sends) = (env.store.calls(), env.queue.calls());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = place(&h, "k-3").await;
+        assert_error(&r, 503, "unavailable");
+        assert_eq!(retry_after(&r), 4);
+        assert_eq!((env.store.calls(), env.queue.calls()), (calls, sends));
+        assert!(env.store.orders().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_cool_down_one_probe_closes_it_when_the_dependency_is_back() {
+        // GIVEN a breaker opened by throttling
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let h = handler(&env);
+        env.store.throttle(3);
+        for i in 0..3 {
+            place(&h, &format!("k-{i}")).await;
+        }
+        assert_eq!(h.breakers().0.state(), State::Open);
+        // WHEN the cool-down passes and DynamoDB has recovered
+        tokio::time::advance(COOL_DOWN).await;
+        let r = place(&h, "k-probe").await;
+        // THEN the probe goes through and closes the breaker; orders flow again
+        assert_eq!(r.status, 202, "body: {}", r.body);
+        assert_eq!(h.breakers().0.state(), State::Closed);
+        assert_eq!(place(&h, "k-next").await.status, 202);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_it_again_for_another_cool_down() {
+        // GIVEN a breaker opened by throttling, and its cool-down over
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let h = handler(&env);
+        env.store.throttle(4);
+        for i in 0..3 {
+            place(&h, &format!("k-{i}")).await;
+        }
+        tokio::time::advance(COOL_DOWN).await;
+        // WHEN the probe is throttled too
+        assert_error(&place(&h, "k-probe").await, 503, "unavailable");
+        // THEN it is open again, for a whole new cool-down
+        assert_eq!(h.breakers().0.state(), State::Open);
+        let r = place(&h, "k-after").await;
+        assert_error(&r, 503, "unavailable");
+        assert_eq!(retry_after(&r), 5);
+        tokio::time::advance(COOL_DOWN).await;
+        assert_eq!(place(&h, "k-later").await.status, 202);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_sqs_breaker_opened_by_throttled_sends_sheds_orders_before_any_write() {
+        // GIVEN SQS throttling: three orders are written but not enqueued (503; a retry with
+        // the same key enqueues them)
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let h = handler(&env);
+        env.queue.throttle(3);
+        for i in 0..3 {
+            assert_error(&place(&h, &format!("k-{i}")).await, 503, "unavailable");
+        }
+        assert_eq!(h.breakers().1.state(), State::Open);
+        // WHEN another order comes while it is open
+        let before = env.store.snapshot();
+        let calls = env.store.calls();
+        let r = place(&h, "k-3").await;
+        // THEN it is refused at once: no DynamoDB write is left waiting for a queue
+        assert_error(&r, 503, "unavailable");
+        assert_eq!((env.store.snapshot(), env.store.calls()), (before, calls));
+        // AND after the cool-down a replay of a written order is the probe that enqueues it
+        tokio::time::advance(COOL_DOWN).await;
+        let replay = place(&h, "k-0").await;
+        assert_eq!(replay.status, 202, "body: {}", replay.body);
+        assert_eq!(h.breakers().1.state(), State::Closed);
+        assert_eq!(env.queue.sent().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn business_answers_and_spread_out_failures_do_not_open_it() {
+        // GIVEN failures that are not throttling, and throttles more than 10 s apart
+        let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+        let h = handler(&env);
+        env.store.fail(3);
+        for i in 0..3 {
+            assert_error(&place(&h, &format!("f-{i}")).await, 503, "unavailable");
+        }
+        for i in 0..4 {
+            env.store.throttle(1);
+            place(&h, &format!("t-{i}")).await;
+            tokio::time::advance(Duration::from_secs(6)).await;
+        }
+        // WHEN orders are refused for business reasons
+        let other = json!({"sku": SKU, "quantity": 1001}).to_string();
+        assert_error(
+            &Resp::from(
+                h.handle(Req::place_order("alice", "bad", &other).build())
+                    .await,
+            ),
+            400,
+            "invalid_request",
+        );
+        // THEN the breaker stayed closed throughout
+        assert_eq!(h.breakers().0.state(), State::Closed);
+        assert_eq!(place(&h, "k-ok").await.status, 202);
     }
 }

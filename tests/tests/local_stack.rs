@@ -314,16 +314,79 @@ async fn concurrent_cancels_and_refunds_return_each_unit_exactly_once() {
     );
 }
 
+/// Sends `reqs` to `place` all at once; the responses in the same order.
+async fn at_once(
+    place: &Arc<PlaceOrder<DynamoStore, SqsQueue>>,
+    reqs: Vec<Req>,
+) -> Vec<Response<Body>> {
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .map(|req| {
+            let place = place.clone();
+            tokio::spawn(async move { place.handle(req.build()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+/// How many of `resps` have `status`; every other one must be a 409 `purchase_limit`.
+fn count_admitted(resps: &[Response<Body>]) -> usize {
+    for r in resps.iter().filter(|r| r.status() != 202) {
+        assert_eq!(
+            (r.status().as_u16(), body(r)["error"]["code"].clone()),
+            (409, json!("purchase_limit"))
+        );
+    }
+    resps.iter().filter(|r| r.status() == 202).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_purchase_limit_holds_across_concurrent_batches() {
+async fn one_buyer_sending_fifty_orders_at_once_with_a_limit_of_two_buys_exactly_two() {
+    // GIVEN plenty of stock and a limit of 2 per buyer
+    let sale = Sale::open(
+        "flood",
+        json!({"name": "Sneaker", "stock": 100, "per_user_limit": 2}),
+    )
+    .await;
+    let before = sale.store.stats().snapshot();
+    // WHEN one buyer sends 50 orders of one unit at once, each with its own key
+    let reqs = (0..50)
+        .map(|i| {
+            Req::place_order(
+                "flooder",
+                &format!("{}-k-{i}", sale.sku),
+                &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+            )
+        })
+        .collect();
+    let resps = at_once(&sale.place, reqs).await;
+    // THEN exactly 2 are admitted and the other 48 are refused 409 purchase_limit
+    assert_eq!(count_admitted(&resps), 2);
+    // AND the 48 cost one refused transaction each, and nothing is stored or enqueued for them
+    let writes = sale.store.stats().snapshot();
+    assert_eq!(writes.write_requests - before.write_requests, 50);
+    let stats = sale.drain(2).await;
+    assert_eq!(stats.messages, 2);
+    // AND after processing exactly 2 units are sold, and every invariant holds
+    let a = audit(&sale.store, &sale.sku).await;
+    a.assert_invariants().assert_all_decided();
+    assert_eq!((a.orders.len(), a.units_held, a.available), (2, 2, 98));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purchase_limit_holds_for_buyers_ordering_concurrently() {
     // GIVEN a limit of 2 per buyer and plenty of stock
     let sale = Sale::open(
         "limit",
         json!({"name": "Sneaker", "stock": 500, "per_user_limit": 2}),
     )
     .await;
-    // WHEN 10 buyers each place 6 orders of one unit with different keys
-    let reqs: Vec<_> = (0..60)
+    // WHEN 10 buyers each place 6 orders of one unit with different keys, all at once
+    let reqs = (0..60)
         .map(|i| {
             Req::place_order(
                 &format!("buyer-{}", i % 10),
@@ -332,14 +395,222 @@ async fn a_purchase_limit_holds_across_concurrent_batches() {
             )
         })
         .collect();
-    for r in reqs {
-        assert_eq!(sale.place.handle(r.build()).await.status(), 202);
-    }
+    let resps = at_once(&sale.place, reqs).await;
+    // THEN 2 per buyer are admitted, and once processed each buyer holds exactly 2 units
+    assert_eq!(count_admitted(&resps), 20);
     sale.drain(4).await;
-    // THEN each buyer holds exactly 2 units and the rest are rejected purchase_limit
     let a = audit(&sale.store, &sale.sku).await;
     a.assert_invariants().assert_all_decided();
-    assert_eq!((a.units_held, a.rejected(Reason::PurchaseLimit)), (20, 40));
+    assert_eq!((a.units_held, a.rejected(Reason::PurchaseLimit)), (20, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_canceled_or_refunded_order_gives_its_admission_back() {
+    // GIVEN one unit and a limit of 1; alice's order queued before bob's
+    let sale = Sale::open(
+        "readmit",
+        json!({"name": "Watch", "stock": 1, "per_user_limit": 1}),
+    )
+    .await;
+    let order = |who: &str, key: &str| {
+        Req::place_order(
+            who,
+            &format!("{}-{key}", sale.sku),
+            &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+        )
+        .build()
+    };
+    let alice = body(&sale.place.handle(order("alice", "a1")).await)["order_id"].clone();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(sale.place.handle(order("bob", "b1")).await.status(), 202);
+    // WHEN they are decided: alice gets the unit, bob is rejected sold out
+    sale.drain(1).await;
+    let a = audit(&sale.store, &sale.sku).await;
+    a.assert_invariants();
+    assert_eq!((a.units_held, a.rejected(Reason::SoldOut)), (1, 1));
+    // THEN bob's rejection gave his admission back: with new stock he is admitted again
+    let products = products::Products {
+        store: sale.store.clone(),
+    };
+    let spec = json!({"name": "Watch", "stock": 1, "per_user_limit": 1}).to_string();
+    let restock = products
+        .handle(Req::put_product(&sale.sku, &spec).build())
+        .await;
+    assert_eq!(restock.status(), 200);
+    tokio::time::sleep(place_order::PRODUCT_TTL).await;
+    assert_eq!(sale.place.handle(order("bob", "b2")).await.status(), 202);
+    // AND alice, at her limit, is refused until she cancels
+    let refused = sale.place.handle(order("alice", "a2")).await;
+    assert_eq!(body(&refused)["error"]["code"], "purchase_limit");
+    let advance = advance_order::AdvanceOrder {
+        store: sale.store.clone(),
+    };
+    let alice = alice.as_str().expect("order id").to_owned();
+    let cancel = advance
+        .handle(Req::advance("alice", false, &alice, "cancel").build())
+        .await;
+    assert_eq!(cancel.status(), 200, "{:?}", body(&cancel));
+    assert_eq!(sale.place.handle(order("alice", "a3")).await.status(), 202);
+    sale.drain(1).await;
+    // THEN everything is decided and the counts agree with the orders
+    let a = audit(&sale.store, &sale.sku).await;
+    a.assert_invariants().assert_all_decided();
+    assert_eq!(a.units_held, 2);
+    assert_eq!(a.count(OrderStatus::Canceled), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_gives_back_what_was_counted_even_when_the_limit_changed_midway() {
+    // GIVEN alice admitted under a limit that was lifted before her order was decided (counted
+    // at admission, not at commit), and carol admitted without a limit that was set before
+    // hers was decided (counted at commit, not at admission)
+    let sale = Sale::open(
+        "midway",
+        json!({"name": "Kettle", "stock": 10, "per_user_limit": 2}),
+    )
+    .await;
+    let products = products::Products {
+        store: sale.store.clone(),
+    };
+    let put = |spec: Value| {
+        let req = Req::put_product(&sale.sku, &spec.to_string()).build();
+        let products = &products;
+        async move { assert_eq!(products.handle(req).await.status(), 200) }
+    };
+    let order = |who: &str| {
+        Req::place_order(
+            who,
+            &format!("{}-{who}", sale.sku),
+            &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+        )
+        .build()
+    };
+    let alice = body(&sale.place.handle(order("alice")).await)["order_id"].clone();
+    put(json!({"name": "Kettle", "stock": 1})).await;
+    sale.drain(1).await;
+    tokio::time::sleep(place_order::PRODUCT_TTL).await;
+    let carol = body(&sale.place.handle(order("carol")).await)["order_id"].clone();
+    put(json!({"name": "Kettle", "stock": 1, "per_user_limit": 2})).await;
+    sale.drain(1).await;
+    let a = audit(&sale.store, &sale.sku).await;
+    a.assert_invariants().assert_all_decided();
+    assert_eq!(a.units_held, 2);
+    // WHEN both cancel
+    let advance = advance_order::AdvanceOrder {
+        store: sale.store.clone(),
+    };
+    for (who, id) in [("alice", alice), ("carol", carol)] {
+        let id = id.as_str().expect("order id");
+        let resp = advance
+            .handle(Req::advance(who, false, id, "cancel").build())
+            .await;
+        assert_eq!(resp.status(), 200, "{:?}", body(&resp));
+    }
+    // THEN each count gave back exactly what it had counted: every invariant holds
+    let a = audit(&sale.store, &sale.sku).await;
+    a.assert_invariants();
+    assert_eq!(
+        (a.units_held, a.available, a.count(OrderStatus::Canceled)),
+        (0, 12, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_invariant_checker_catches_a_stranded_admission_count() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    // GIVEN a clean sale with a limit, one order admitted and decided
+    let sale = Sale::open(
+        "strand",
+        json!({"name": "Lamp", "stock": 3, "per_user_limit": 2}),
+    )
+    .await;
+    sale.rush(1, 1, |_| 1).await;
+    sale.drain(1).await;
+    audit(&sale.store, &sale.sku).await.assert_invariants();
+    // WHEN the buyer's admission count keeps a unit no order holds
+    sale.store
+        .client()
+        .update_item()
+        .table_name(sale.store.table())
+        .key("pk", AttributeValue::S(format!("PRODUCT#{}", sale.sku)))
+        .key("sk", AttributeValue::S("ADMIT#buyer-0".into()))
+        .update_expression("ADD admitted :one")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .expect("update");
+    // THEN the checker reports it
+    let a = audit(&sale.store, &sale.sku).await;
+    assert!(
+        a.violations
+            .iter()
+            .any(|v| v.contains("admission count 2 but 1 units")),
+        "{:?}",
+        a.violations
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_in_dynamodb_admits_exactly_its_capacity_across_instances() {
+    use flash_domain::token_bucket::TokenBucket;
+    // GIVEN four place-order instances sharing one table, each caller with a bucket of 5
+    // tokens that refills one every 1,000 s (none comes back during the test)
+    let sale = Sale::open("rate", json!({"name": "Phone", "stock": 1000})).await;
+    let bucket = TokenBucket::new(5, 0.001).expect("valid");
+    let (queue, _) = stack::test_queue("rate").await;
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let store = stack::rate_limited_store(bucket).await;
+        instances.push(Arc::new(PlaceOrder::new(store, queue.clone())));
+    }
+    // WHEN one caller sends 40 orders at once, spread over the instances (a caller of this
+    // run's own: buckets are per caller, not per product)
+    let rusher = format!("rusher-{}", sale.sku);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let place = instances[i % 4].clone();
+            let req = Req::place_order(
+                &rusher,
+                &format!("{}-r-{i}", sale.sku),
+                &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+            );
+            tokio::spawn(async move { place.handle(req.build()).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        let resp = t.await.expect("task");
+        match resp.status().as_u16() {
+            202 => admitted += 1,
+            429 => {
+                assert_eq!(body(&resp)["error"]["code"], "rate_limited");
+                let secs: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("seconds");
+                // About one refill interval; but a request whose clock was read a moment
+                // before another's write may be refused a few milliseconds before the last
+                // token comes free (to another caller's later clock), and is told 1 s.
+                assert!((1..=1001).contains(&secs), "Retry-After {secs}");
+            }
+            other => panic!("unexpected {other}: {:?}", body(&resp)),
+        }
+    }
+    // THEN exactly 5 got through, however the instances raced
+    assert_eq!(admitted, 5);
+    // AND another caller is not affected
+    let other = instances[0]
+        .handle(
+            Req::place_order(
+                &format!("calm-{}", sale.sku),
+                &format!("{}-calm", sale.sku),
+                &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+            )
+            .build(),
+        )
+        .await;
+    assert_eq!(other.status(), 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,11 +1,14 @@
 //! `POST /orders/{order_id}/{action}`: pay, cancel, refund, ship, confirm. The state machine
 //! decides; the store writes it as one conditional update on the status read (and, for a
-//! buyer, on the owner), returning stock in the same transaction for cancel and refund.
+//! buyer, on the owner), returning stock in the same transaction for cancel and refund. A
+//! request that is going to write first takes a token from the caller's rate-limit bucket.
 
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
 use flash_domain::clock::now_ms;
+use flash_domain::expiry::{due, Due, Window};
 use flash_domain::order::transition;
 use flash_domain::ports::{Advance, PortError, Store};
+use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{Action, TransitionError};
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
@@ -34,6 +37,7 @@ impl<S: Store> AdvanceOrder<S> {
             .and_then(Action::parse)
             .ok_or(ApiError::NotFound("action"))?;
         json_body::<NoFields>(req)?;
+        let mut token = false;
         for _ in 0..MAX_ATTEMPTS {
             let order = caller.order(&self.store, req).await?;
             if !action.allowed(order.owner == caller.user, caller.admin) {
@@ -46,6 +50,28 @@ impl<S: Store> AdvanceOrder<S> {
                     return Err(ApiError::InvalidTransition(status))
                 }
             };
+            // Too late to pay: the payment window closed, so the timeout wins whether or not
+            // its message has arrived (the payment's write would fail its deadline condition).
+            let now = now_ms();
+            if let (Some(Window::Open), Due::Expire(timeout)) = (t.window(), due(&order, now)) {
+                match self.store.advance(&order, &timeout, None, now).await? {
+                    Advance::Done(expired) => {
+                        tracing::info!(order_id = %order.id, "payment after the deadline: order timed out");
+                        return Err(ApiError::InvalidTransition(expired.status));
+                    }
+                    Advance::Stale => continue,
+                }
+            }
+            // Only a request about to write pays a token: one refused above, or answered
+            // from the order as it is, costs no write.
+            if !token {
+                if let Err(wait) = self.store.take_token(&caller.user, now_ms()).await? {
+                    return Err(ApiError::RateLimited {
+                        retry_after_s: retry_after_secs(wait),
+                    });
+                }
+                token = true;
+            }
             let owner = (!caller.admin).then_some(&caller.user);
             match self.store.advance(&order, &t, owner, now_ms()).await? {
                 Advance::Done(updated) => {

@@ -1,13 +1,13 @@
 //! The invariant checker: reads everything the table holds about one product and lists each
 //! violation of the invariants (never oversell, conservation, one effect per order, consistent
-//! states, purchase counters). Read-only; the tests end every scenario with it and the demo
+//! states, purchase counters and admission counts). Read-only; the tests end every scenario with it and the demo
 //! refuses to report success without it.
 
 use crate::dynamo::{decode_order, decode_product, product_pk, DynamoStore};
 use aws_sdk_dynamodb::types::AttributeValue;
 use flash_domain::ports::{PortError, PortResult};
-use flash_domain::{Order, OrderStatus, Reason, Sku};
-use std::collections::{BTreeMap, HashMap};
+use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub struct Audit {
@@ -65,13 +65,25 @@ fn read_failed(what: &'static str) -> impl FnOnce(aws_sdk_dynamodb::Error) -> Po
     move |e| PortError::unavailable(what, e)
 }
 
+/// Everything the table holds about one product, as read: what [`check`] judges. The audit
+/// reads it from DynamoDB; the tests' in-memory store builds it from its maps, so both are
+/// judged by the same rules.
+#[derive(Debug, Default, Clone)]
+pub struct Holdings {
+    pub stock_added: u64,
+    pub per_user_limit: Option<u32>,
+    /// `available` of each shard item (signed: a negative value is a violation, not a panic).
+    pub shards: Vec<i64>,
+    /// `units` of each buyer counter item, by user id.
+    pub counters: HashMap<String, i64>,
+    pub orders: Vec<Order>,
+}
+
 /// Reads everything the table holds about `sku` and checks it.
 pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
     let client = store.client();
-    let mut a = Audit {
-        sku: sku.to_string(),
-        ..Audit::default()
-    };
+    let mut h = Holdings::default();
+    // Items that could not be decoded: violations in their own right.
     let mut v = Vec::new();
 
     let mut product_items = Vec::new();
@@ -93,35 +105,11 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
             break;
         }
     }
-    let mut limit = None;
-    let mut counters: HashMap<String, i64> = HashMap::new();
+    let mut admissions = Admissions::default();
     for item in &product_items {
-        let sk = item
-            .get("sk")
-            .and_then(|s| s.as_s().ok())
-            .cloned()
-            .unwrap_or_default();
-        if sk == "META" {
-            match decode_product(item) {
-                Ok(p) => {
-                    a.stock_added = p.stock_added;
-                    limit = p.per_user_limit;
-                }
-                Err(e) => v.push(format!("product item unreadable: {e}")),
-            }
-        } else if sk.starts_with("SHARD#") {
-            a.shards.push(n(item, "available").unwrap_or(i64::MIN));
-        } else if let Some(user) = sk.strip_prefix("BUYER#") {
-            counters.insert(user.to_owned(), n(item, "units").unwrap_or(i64::MIN));
-        }
+        add_product_item(&mut h, &mut v, item);
+        admissions.add_product_item(item);
     }
-    a.available = a.shards.iter().sum();
-    for (i, s) in a.shards.iter().enumerate() {
-        if *s < 0 {
-            v.push(format!("shard {i} holds {s} units"));
-        }
-    }
-
     let mut start = None;
     loop {
         let page = client
@@ -136,17 +124,146 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
             .await
             .map_err(|e| read_failed("dynamodb Scan")(e.into()))?;
         for item in page.items.unwrap_or_default() {
-            match decode_order(&item) {
-                Ok(o) => a.orders.push(o),
-                Err(e) => v.push(format!("order item unreadable: {e}")),
-            }
+            add_order_item(&mut h, &mut v, &item);
+            admissions.add_order_item(&item);
         }
         start = page.last_evaluated_key;
         if start.is_none() {
             break;
         }
     }
+    let limit = h.per_user_limit;
+    let mut a = check(sku, h);
+    v.append(&mut a.violations);
+    v.extend(admissions.check(&a, limit));
+    a.violations = v;
+    Ok(a)
+}
 
+/// The admission counts of one product (`ADMIT#{user}` items: units of a buyer's orders that
+/// `place-order` counted against the per-user limit) and the orders counted in them (those
+/// carrying `admitted`), as read.
+#[derive(Debug, Default, Clone)]
+pub struct Admissions {
+    /// `admitted` of each count item, by user id.
+    pub counts: HashMap<String, i64>,
+    pub orders: HashSet<OrderId>,
+}
+
+impl Admissions {
+    fn add_product_item(&mut self, item: &Item) {
+        let sk = item.get("sk").and_then(|s| s.as_s().ok());
+        if let Some(user) = sk.and_then(|sk| sk.strip_prefix("ADMIT#")) {
+            self.counts
+                .insert(user.to_owned(), n(item, "admitted").unwrap_or(i64::MIN));
+        }
+    }
+
+    fn add_order_item(&mut self, item: &Item) {
+        let admitted = item.get("admitted").and_then(|v| v.as_bool().ok()) == Some(&true);
+        let id = item
+            .get("pk")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|pk| pk.strip_prefix("ORDER#"))
+            .and_then(|id| OrderId::parse(id).ok());
+        if let (true, Some(id)) = (admitted, id) {
+            self.orders.insert(id);
+        }
+    }
+
+    /// Each count equals the units of its buyer's counted orders that are still queued or
+    /// hold stock (a rejection, cancel, refund or timeout gives them back, so none is
+    /// stranded), and none passes the limit.
+    pub fn check(&self, audit: &Audit, limit: Option<u32>) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut live: HashMap<String, i64> = HashMap::new();
+        for o in audit.orders.iter().filter(|o| self.orders.contains(&o.id)) {
+            if o.status == OrderStatus::Queued || o.status.holds_stock() {
+                *live.entry(o.owner.to_string()).or_default() += i64::from(o.quantity.get());
+            }
+        }
+        for (user, count) in &self.counts {
+            let held = live.get(user).copied().unwrap_or(0);
+            if *count != held {
+                v.push(format!(
+                    "buyer {user}: admission count {count} but {held} units queued or held"
+                ));
+            }
+            if let Some(limit) = limit {
+                if *count > i64::from(limit) {
+                    v.push(format!(
+                        "buyer {user}: {count} units admitted, above the limit {limit}"
+                    ));
+                }
+            }
+        }
+        for (user, held) in &live {
+            if !self.counts.contains_key(user) {
+                v.push(format!(
+                    "buyer {user}: {held} units admitted but no admission count"
+                ));
+            }
+        }
+        v
+    }
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Adds one item of a product's partition (`META`, a shard, a buyer counter) to `h`; an item
+/// that cannot be read is noted in `unreadable`.
+fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item) {
+    let sk = item
+        .get("sk")
+        .and_then(|s| s.as_s().ok())
+        .cloned()
+        .unwrap_or_default();
+    if sk == "META" {
+        match decode_product(item) {
+            Ok(p) => {
+                h.stock_added = p.stock_added;
+                h.per_user_limit = p.per_user_limit;
+            }
+            Err(e) => unreadable.push(format!("product item unreadable: {e}")),
+        }
+    } else if sk.starts_with("SHARD#") {
+        h.shards.push(n(item, "available").unwrap_or(i64::MIN));
+    } else if let Some(user) = sk.strip_prefix("BUYER#") {
+        h.counters
+            .insert(user.to_owned(), n(item, "units").unwrap_or(i64::MIN));
+    }
+}
+
+fn add_order_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item) {
+    match decode_order(item) {
+        Ok(o) => h.orders.push(o),
+        Err(e) => unreadable.push(format!("order item unreadable: {e}")),
+    }
+}
+
+/// Judges what the table holds about `sku`: every violation of the invariants, listed.
+pub fn check(sku: &Sku, h: Holdings) -> Audit {
+    let Holdings {
+        stock_added,
+        per_user_limit: limit,
+        shards,
+        counters,
+        orders,
+    } = h;
+    let mut a = Audit {
+        sku: sku.to_string(),
+        stock_added,
+        available: shards.iter().sum(),
+        shards,
+        orders,
+        ..Audit::default()
+    };
+    let mut v = Vec::new();
+    for (i, s) in a.shards.iter().enumerate() {
+        if *s < 0 {
+            v.push(format!("shard {i} holds {s} units"));
+        }
+    }
     let mut held_by_user: HashMap<String, i64> = HashMap::new();
     for o in &a.orders {
         *a.by_status.entry(o.status.as_str()).or_default() += 1;
@@ -226,5 +343,106 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
         }
     }
     a.violations = v;
-    Ok(a)
+    a
+}
+
+/// [`check`] with the items that could not be read listed first, as [`audit`] reports them.
+fn judge(sku: &str, h: Holdings, mut unreadable: Vec<String>) -> Audit {
+    match Sku::parse(sku) {
+        Ok(sku) => {
+            let mut a = check(&sku, h);
+            unreadable.append(&mut a.violations);
+            a.violations = unreadable;
+            a
+        }
+        // Only order items can get here, with an `sku` no product can have.
+        Err(_) => {
+            unreadable.push(format!(
+                "{} order(s) name the invalid sku {sku:?}",
+                h.orders.len()
+            ));
+            Audit {
+                sku: sku.to_owned(),
+                violations: unreadable,
+                ..Audit::default()
+            }
+        }
+    }
+}
+
+/// Every product in the table, and every SKU an order names, audited from one consistent
+/// scan of the whole table (not one per product). A scan is not a snapshot: while stock
+/// moves, a product can look wrong in it; [`audit_settled`] tells.
+pub async fn audit_all(store: &DynamoStore) -> PortResult<Vec<Audit>> {
+    let mut found: BTreeMap<String, (Holdings, Vec<String>)> = BTreeMap::new();
+    let mut start = None;
+    loop {
+        let page = store
+            .client()
+            .scan()
+            .table_name(store.table())
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| read_failed("dynamodb Scan")(e.into()))?;
+        for item in page.items.unwrap_or_default() {
+            let pk = item.get("pk").and_then(|v| v.as_s().ok());
+            if let Some(sku) = pk.and_then(|pk| pk.strip_prefix("PRODUCT#")) {
+                let (h, v) = found.entry(sku.to_owned()).or_default();
+                add_product_item(h, v, &item);
+            } else if pk.is_some_and(|pk| pk.starts_with("ORDER#")) {
+                let sku = item
+                    .get("sku")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let (h, v) = found.entry(sku).or_default();
+                add_order_item(h, v, &item);
+            }
+            // Other items (rate buckets, ...) hold no stock.
+        }
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            break;
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|(sku, (h, unreadable))| judge(&sku, h, unreadable))
+        .collect())
+}
+
+/// [`audit`] between two reads of the product's shards: `None` when stock moved meanwhile.
+/// Every change that moves units between the shards and the orders (accept, cancel, refund,
+/// timeout, new stock) writes a shard in the same transaction, so a reading between two
+/// equal ones saw no such change half done (short of changes that cancel out exactly).
+pub async fn audit_settled(store: &DynamoStore, sku: &Sku) -> PortResult<Option<Audit>> {
+    use flash_domain::ports::Store;
+    let before = store.read_shards(sku).await?;
+    let a = audit(store, sku).await?;
+    let after = store.read_shards(sku).await?;
+    Ok((before == after).then_some(a))
+}
+
+/// The reads the reconciler makes, behind a trait so it can run on the tests' in-memory
+/// store. Read-only.
+pub trait Ledger: Send + Sync {
+    /// Every product, each audited (see [`audit_all`]).
+    fn audit_all(&self) -> impl std::future::Future<Output = PortResult<Vec<Audit>>> + Send;
+    /// One product, audited while its stock stood still (see [`audit_settled`]).
+    fn audit_settled(
+        &self,
+        sku: &Sku,
+    ) -> impl std::future::Future<Output = PortResult<Option<Audit>>> + Send;
+}
+
+impl Ledger for DynamoStore {
+    async fn audit_all(&self) -> PortResult<Vec<Audit>> {
+        audit_all(self).await
+    }
+
+    async fn audit_settled(&self, sku: &Sku) -> PortResult<Option<Audit>> {
+        audit_settled(self, sku).await
+    }
 }

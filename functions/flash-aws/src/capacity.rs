@@ -45,17 +45,19 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The DynamoDB JSON protocol's operation header: `DynamoDB_20120810.<Operation>`.
-const TARGET_HEADER: &str = "x-amz-target";
+/// The JSON protocols' operation header: `DynamoDB_20120810.<Operation>`,
+/// `AmazonSQS.<Operation>`.
+pub const TARGET_HEADER: &str = "x-amz-target";
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
-const ERROR_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
+pub const ERROR_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
 
 /// What DynamoDB says when an on-demand table's item (partition) runs out of write capacity.
-const THROTTLE_MESSAGE: &str = "Throughput exceeds the current capacity of your table or index. \
+pub const THROTTLE_MESSAGE: &str =
+    "Throughput exceeds the current capacity of your table or index. \
 DynamoDB is automatically scaling your table or index so please try again shortly. If exceptions \
 persist, check if you have a hot key: \
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html";
-const CONFLICT_MESSAGE: &str = "Transaction is ongoing for the item";
+pub const CONFLICT_MESSAGE: &str = "Transaction is ongoing for the item";
 
 /// Key attribute names assumed for a table until a request's `Key` shows the real ones.
 const DEFAULT_KEY_ATTRIBUTES: [&str; 2] = ["pk", "sk"];
@@ -327,11 +329,7 @@ impl Inner {
     }
 
     fn admit(self: &Arc<Self>, request: &HttpRequest) -> Admission {
-        let Some(op) = request
-            .headers()
-            .get(TARGET_HEADER)
-            .and_then(|t| t.strip_prefix(TARGET_PREFIX))
-        else {
+        let Some(op) = dynamodb_operation(request) else {
             return Admission::Pass;
         };
         if !matches!(
@@ -480,17 +478,39 @@ impl Inner {
 
     fn refuse(&self, body: Value) -> Admission {
         let id = self.request_ids.fetch_add(1, Relaxed);
-        let body = body.to_string();
-        let mut response = HttpResponse::new(
-            StatusCode::try_from(400).expect("400 is a valid status"),
-            SdkBody::from(body.clone()),
-        );
-        let headers = response.headers_mut();
-        headers.insert("content-type", "application/x-amz-json-1.0");
-        headers.insert("content-length", body.len().to_string());
-        headers.insert("x-amzn-requestid", format!("CAPACITYMODEL{id:020}"));
-        Admission::Refuse(Box::new(response))
+        Admission::Refuse(Box::new(json_error_response(
+            400,
+            &body,
+            &format!("CAPACITYMODEL{id:020}"),
+        )))
     }
+}
+
+/// The DynamoDB operation a request calls (`PutItem`, `TransactWriteItems`, ...), from its
+/// target header; `None` for any other service.
+pub fn dynamodb_operation(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get(TARGET_HEADER)
+        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+}
+
+/// An error answer of an AWS JSON protocol, as the service sends it, so the SDK parses,
+/// classifies and retries it like a real one. Also used by the tests' fault injector.
+///
+/// # Panics
+/// When `status` is not a valid HTTP status code.
+pub fn json_error_response(status: u16, body: &Value, request_id: &str) -> HttpResponse {
+    let body = body.to_string();
+    let mut response = HttpResponse::new(
+        StatusCode::try_from(status).expect("a valid HTTP status"),
+        SdkBody::from(body.clone()),
+    );
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/x-amz-json-1.0");
+    headers.insert("content-length", body.len().to_string());
+    headers.insert("x-amzn-requestid", request_id.to_owned());
+    response
 }
 
 /// The region from the request's SigV4 credential scope, for ARNs in throttling reasons.
@@ -505,7 +525,8 @@ fn region_of(request: &HttpRequest) -> String {
         .to_owned()
 }
 
-fn error_body(error: &str, message: &str) -> Value {
+/// A DynamoDB error body: `error` is the exception's short name (`ThrottlingException`).
+pub fn error_body(error: &str, message: &str) -> Value {
     json!({ "__type": format!("{ERROR_PREFIX}{error}"), "message": message })
 }
 
@@ -536,7 +557,7 @@ fn throttling_body(keys: &[ItemKey], region: &str) -> Value {
 }
 
 /// `TransactionCanceledException` with `code` on the flagged items and `None` on the rest.
-fn canceled_body(flagged: &[bool], code: &str) -> Value {
+pub fn canceled_body(flagged: &[bool], code: &str) -> Value {
     let message = match code {
         "TransactionConflict" => CONFLICT_MESSAGE,
         _ => THROTTLE_MESSAGE,

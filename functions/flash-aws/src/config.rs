@@ -3,11 +3,90 @@
 use crate::capacity::CapacityModel;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use flash_domain::breaker::BreakerConfig;
+use flash_domain::token_bucket::TokenBucket;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {0} is missing or empty")]
 pub struct MissingVar(pub &'static str);
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name} is invalid: {why}")]
+pub struct BadVar {
+    pub name: &'static str,
+    pub why: String,
+}
+
+/// Default token bucket per caller on the write routes: a burst of 10 requests, then one
+/// every half second. A buyer places an order and pays or cancels it in a handful of
+/// requests; a script hammering the API gets `429` after its first ten. Each bucket is one
+/// item, so DynamoDB's 1,000 writes/s per item is far above any rate set here.
+pub const RATE_LIMIT_CAPACITY: u32 = 10;
+pub const RATE_LIMIT_PER_SECOND: f64 = 2.0;
+
+/// The default bucket (always `Some`: the defaults are valid, as a test checks).
+pub fn default_rate_limit() -> Option<TokenBucket> {
+    TokenBucket::new(RATE_LIMIT_CAPACITY, RATE_LIMIT_PER_SECOND).ok()
+}
+
+/// An optional variable parsed as `T`; absent or empty means `default`.
+fn parse_var<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, BadVar>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| BadVar {
+            name,
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// The per-caller rate limit on write routes: `RATE_LIMIT_CAPACITY` tokens (0 turns the
+/// limit off) refilled at `RATE_LIMIT_PER_SECOND`.
+pub fn rate_limit_from_env() -> Result<Option<TokenBucket>, BadVar> {
+    let capacity = parse_var("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY)?;
+    let per_second = parse_var("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND)?;
+    if capacity == 0 {
+        return Ok(None);
+    }
+    TokenBucket::new(capacity, per_second)
+        .map(Some)
+        .map_err(|e| BadVar {
+            name: "RATE_LIMIT_PER_SECOND",
+            why: e.0,
+        })
+}
+
+/// The circuit breakers' settings: `BREAKER_FAILURES` consecutive failures within
+/// `BREAKER_WINDOW_SECONDS` open a breaker for `BREAKER_COOL_DOWN_SECONDS`.
+pub fn breaker_from_env() -> Result<BreakerConfig, BadVar> {
+    let d = BreakerConfig::default();
+    let failures = parse_var("BREAKER_FAILURES", d.failures)?;
+    if failures == 0 {
+        return Err(BadVar {
+            name: "BREAKER_FAILURES",
+            why: "must be at least 1".into(),
+        });
+    }
+    let seconds = |name, default: Duration| -> Result<Duration, BadVar> {
+        let s: f64 = parse_var(name, default.as_secs_f64())?;
+        Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3_600))
+            .ok_or(BadVar {
+                name,
+                why: "must be a number of seconds above 0 and at most 3600".into(),
+            })
+    };
+    Ok(BreakerConfig {
+        failures,
+        window: seconds("BREAKER_WINDOW_SECONDS", d.window)?,
+        cool_down: seconds("BREAKER_COOL_DOWN_SECONDS", d.cool_down)?,
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +121,12 @@ impl Config {
     }
 }
 
+/// `PAYMENT_TIMEOUTS_QUEUE_URL`: where `process-orders` schedules payment timeouts and
+/// `expire-orders` re-schedules those not yet due.
+pub fn payment_timeouts_queue_url() -> Result<String, MissingVar> {
+    var("PAYMENT_TIMEOUTS_QUEUE_URL")
+}
+
 /// The SDK configuration. Loading it makes no network call (credentials resolve lazily), so
 /// cold starts stay short. Endpoints follow the standard `AWS_ENDPOINT_URL_<SERVICE>`
 /// variables, which is how the local stack and LocalStack are reached.
@@ -67,4 +152,16 @@ pub async fn sdk_config_with_capacity(model: &CapacityModel) -> SdkConfig {
         .into_builder()
         .http_client(model.http_client(crate::capacity::default_https_client()))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_rate_limit_is_a_burst_of_10_then_2_a_second() {
+        let bucket = default_rate_limit().expect("valid defaults");
+        assert_eq!(bucket.capacity(), 10);
+        assert_eq!(bucket.interval(), Duration::from_millis(500));
+    }
 }

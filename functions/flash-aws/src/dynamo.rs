@@ -5,28 +5,42 @@
 //! | product         | `PRODUCT#{sku}`  | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards |
 //! | stock shard     | `PRODUCT#{sku}`  | `SHARD#{nnn}`  | available |
 //! | buyer counter   | `PRODUCT#{sku}`  | `BUYER#{user}` | units |
-//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes |
+//! | admission count | `PRODUCT#{sku}`  | `ADMIT#{user}` | admitted |
+//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted |
+//! | rate bucket     | `RATE#{user}`    | `RATE`         | tat, ttl |
 //!
 //! Every change is a conditional write: the condition is the optimistic lock, and a failed
 //! condition is a business answer, decoded from the values DynamoDB returns with it.
+//!
+//! The buyer counter holds the units of a buyer's accepted orders (raised by the group commit);
+//! the admission count holds the units of their queued and accepted orders (raised when
+//! `place-order` admits an order of a product with a per-user limit), so a buyer cannot queue
+//! more than the limit. An order counted there carries `admitted`, and every write that takes
+//! it out of those states (reject, cancel, refund, payment timeout) lowers the count in the
+//! same transaction.
 
+use crate::errors::{port_error, DEGRADED_TRANSACTION_REASONS};
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, ConsumedCapacity, KeysAndAttributes, Put,
-    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use flash_domain::clock::Millis;
+use flash_domain::expiry::Window;
 use flash_domain::order::ShardTake;
 use flash_domain::ports::{
     Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, ShardStock, Store,
 };
+use flash_domain::token_bucket::{micros, Micros, Take, TokenBucket};
 use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -40,6 +54,13 @@ pub fn shard_sk(shard: u32) -> String {
 pub fn buyer_sk(user: &UserId) -> String {
     format!("BUYER#{user}")
 }
+pub fn admit_sk(user: &UserId) -> String {
+    format!("ADMIT#{user}")
+}
+pub fn rate_pk(user: &UserId) -> String {
+    format!("RATE#{user}")
+}
+pub const RATE_SK: &str = "RATE";
 pub fn order_pk(id: &OrderId) -> String {
     format!("ORDER#{id}")
 }
@@ -170,6 +191,7 @@ pub fn decode_product(item: &Item) -> PortResult<Product> {
             .and_then(|v| v.as_bool().ok())
             .copied()
             .unwrap_or(false),
+        restocks: get_n(item, "restocks").unwrap_or(0),
     })
 }
 
@@ -191,13 +213,53 @@ fn encode_product(p: &Product) -> Item {
     item
 }
 
-fn sdk<E, R>(what: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
+fn sdk<E>(
+    what: &'static str,
+) -> impl FnOnce(SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> PortError
 where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
 {
-    move |e| PortError::unavailable(what, e)
+    move |e| port_error(what, e)
 }
+
+/// Whether the order item carries the `admitted` flag (see the module header).
+fn is_admitted(item: &Item) -> bool {
+    item.get("admitted")
+        .and_then(|v| v.as_bool().ok())
+        .copied()
+        .unwrap_or(false)
+}
+
+/// A transaction canceled for reasons other than a failed condition: throttled items mean
+/// the table is shedding load; anything else (a conflict with another transaction) is
+/// contention, safe to retry.
+fn canceled_error(reasons: &[(Option<String>, Option<Item>)]) -> PortError {
+    let codes: Vec<&str> = reasons.iter().filter_map(|(c, _)| c.as_deref()).collect();
+    if codes
+        .iter()
+        .any(|c| DEGRADED_TRANSACTION_REASONS.contains(c))
+    {
+        PortError::degraded(
+            "dynamodb TransactWriteItems",
+            format!("transaction canceled: {}", codes.join(", ")),
+        )
+    } else {
+        PortError::Contention
+    }
+}
+
+/// Transactions that reject an order counted at admission, before giving up on conflicts.
+const REJECT_ATTEMPTS: usize = 3;
+
+/// Rate buckets remembered per caller, at most this many: each is only a hint.
+const RATE_HINTS: usize = 10_000;
+/// Conditional writes to take a token before giving up on a bucket other instances keep
+/// changing under us.
+const RATE_ATTEMPTS: usize = 4;
 
 /// A failed transaction: either some conditions failed (with the items as they are now) or it
 /// was something else.
@@ -252,15 +314,68 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     stats: Arc<WriteStats>,
+    rate_limit: Option<TokenBucket>,
+    /// The last `tat` this process saw for each caller's bucket. `tat` only grows, so a
+    /// remembered value is a lower bound: it picks the right write first, and when it already
+    /// says the bucket is empty the request is refused after a read, without a write.
+    rate_hints: Arc<Mutex<HashMap<UserId, Micros>>>,
 }
 
 impl DynamoStore {
+    /// A store with the default rate limit on write routes
+    /// ([`crate::config::default_rate_limit`]).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
             stats: Arc::default(),
+            rate_limit: crate::config::default_rate_limit(),
+            rate_hints: Arc::default(),
         }
+    }
+
+    /// Sets the per-caller token bucket [`Store::take_token`] takes from; `None` admits
+    /// everything.
+    pub fn with_rate_limit(mut self, bucket: Option<TokenBucket>) -> Self {
+        self.rate_limit = bucket;
+        self
+    }
+
+    pub fn rate_limit(&self) -> Option<TokenBucket> {
+        self.rate_limit
+    }
+
+    fn rate_hint(&self, user: &UserId) -> Option<Micros> {
+        self.rate_hints
+            .lock()
+            .ok()
+            .and_then(|h| h.get(user).copied())
+    }
+
+    /// The stored `tat` of `user`'s bucket, read consistently.
+    async fn read_rate(&self, user: &UserId) -> PortResult<Option<Micros>> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(rate_pk(user), RATE_SK)))
+            .projection_expression("tat")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("dynamodb GetItem"))?;
+        Ok(resp.item.as_ref().and_then(|i| get_n(i, "tat")))
+    }
+
+    fn remember_rate(&self, user: &UserId, tat: Option<Micros>) {
+        let (Some(tat), Ok(mut hints)) = (tat, self.rate_hints.lock()) else {
+            return;
+        };
+        if hints.len() >= RATE_HINTS && !hints.contains_key(user) {
+            hints.clear();
+        }
+        let known = hints.entry(user.clone()).or_insert(tat);
+        *known = (*known).max(tat);
     }
 
     pub fn from_config(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
@@ -306,8 +421,8 @@ impl DynamoStore {
         self.stats.record(capacity.unwrap_or_default(), stock_items);
         match result {
             Ok(_) => Ok(()),
-            Err(e) => match e.into_service_error() {
-                TransactWriteItemsError::TransactionCanceledException(c) => {
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
                     Err(TxFailure::Canceled(
                         c.cancellation_reasons()
                             .iter()
@@ -315,9 +430,9 @@ impl DynamoStore {
                             .collect(),
                     ))
                 }
-                other => Err(TxFailure::Other(PortError::unavailable(
+                _ => Err(TxFailure::Other(port_error(
                     "dynamodb TransactWriteItems",
-                    other,
+                    e,
                 ))),
             },
         }
@@ -360,6 +475,70 @@ impl DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl DynamoStore {
+    /// `queued` → `rejected` for an order counted at admission, giving its units back to the
+    /// buyer's admission count in the same transaction.
+    async fn reject_admitted(
+        &self,
+        order: &Order,
+        reason: Reason,
+        now: Millis,
+    ) -> PortResult<bool> {
+        let build = |u: aws_sdk_dynamodb::types::builders::UpdateBuilder| {
+            u.build()
+                .map(|u| TransactWriteItem::builder().update(u).build())
+                .map_err(|e| PortError::unavailable("building Update", e))
+        };
+        let items = vec![
+            build(
+                self.update(key(order_pk(&order.id), ORDER_SK))
+                    .update_expression(
+                        "SET #status = :rejected, reason = :reason, updated_at = :now",
+                    )
+                    .condition_expression("#status = :queued")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":rejected", s("rejected"))
+                    .expression_attribute_values(":queued", s("queued"))
+                    .expression_attribute_values(":reason", s(reason.as_str()))
+                    .expression_attribute_values(":now", n(now)),
+            )?,
+            build(self.give_back_admission(order))?,
+        ];
+        // One buyer's orders are rejected concurrently, and each of these transactions writes
+        // the buyer's one count item: on DynamoDB they can cancel each other
+        // (`TransactionConflict`). Conditional on `queued`, so trying again is safe.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.transact(items.clone(), 0).await {
+                Ok(()) => return Ok(true),
+                Err(TxFailure::Canceled(r)) if r.first().is_some_and(|(c, _)| is_ccf(c)) => {
+                    return Ok(false)
+                }
+                Err(TxFailure::Canceled(r)) => {
+                    let error = canceled_error(&r);
+                    if attempt >= REJECT_ATTEMPTS || error.is_degraded() {
+                        return Err(error);
+                    }
+                    let jitter = rand::random_range(5..=20 * attempt as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(TxFailure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Lowers the buyer's admission count by the order's units.
+    fn give_back_admission(
+        &self,
+        order: &Order,
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        self.update(key(product_pk(&order.sku), admit_sk(&order.owner)))
+            .update_expression("ADD admitted :minus")
+            .expression_attribute_values(":minus", n(-i64::from(order.quantity.get())))
     }
 }
 
@@ -416,7 +595,7 @@ impl Store for DynamoStore {
             Err(TxFailure::Canceled(reasons)) if reasons.iter().any(|(c, _)| is_ccf(c)) => {
                 Ok(false)
             }
-            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Canceled(r)) => Err(canceled_error(&r)),
             Err(TxFailure::Other(e)) => Err(e),
         }
     }
@@ -438,7 +617,8 @@ impl Store for DynamoStore {
             .expression_attribute_names("#name", "name")
             .expression_attribute_values(":name", s(&product.name))
             .expression_attribute_values(":pw", n(product.payment_window_seconds))
-            .expression_attribute_values(":added", n(added));
+            .expression_attribute_values(":added", n(added))
+            .expression_attribute_values(":one", n(1));
         for (attr, v) in [
             ("per_user_limit", product.per_user_limit.map(i64::from)),
             ("sale_starts_at", product.sale_starts_at),
@@ -452,7 +632,10 @@ impl Store for DynamoStore {
                 None => remove.push(attr),
             }
         }
-        let mut expr = format!("SET {} ADD stock_added :added", set.join(", "));
+        let mut expr = format!(
+            "SET {} ADD stock_added :added, restocks :one",
+            set.join(", ")
+        );
         if !remove.is_empty() {
             expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
@@ -478,36 +661,43 @@ impl Store for DynamoStore {
         match self.transact(items, stock.len()).await {
             Ok(()) => Ok(true),
             Err(TxFailure::Canceled(reasons)) if is_ccf(&reasons[0].0) => Ok(false),
-            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Err(TxFailure::Canceled(r)) => Err(canceled_error(&r)),
             Err(TxFailure::Other(e)) => Err(e),
         }
     }
 
     async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
-        let pk = product_pk(&product.sku);
-        let mut items = Vec::new();
-        for shard in 0..product.shards {
-            let check = ConditionCheck::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk.clone(), shard_sk(shard))))
-                .condition_expression("available = :zero")
-                .expression_attribute_values(":zero", n(0))
-                .build()
-                .map_err(|e| PortError::unavailable("building ConditionCheck", e))?;
-            items.push(TransactWriteItem::builder().condition_check(check).build());
-        }
-        let meta = self
-            .update(key(pk, META))
+        // One write to the product item, not a check of every shard: any write that brings
+        // stock back raises `restocks` in the same transaction.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(product_pk(&product.sku), META)))
             .update_expression("SET sold_out = :t")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression(
+                "attribute_exists(pk) AND (restocks = :seen OR (attribute_not_exists(restocks) AND :seen = :zero))",
+            )
             .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .build()
-            .map_err(|e| PortError::unavailable("building Update", e))?;
-        items.push(TransactWriteItem::builder().update(meta).build());
-        match self.transact(items, product.shards as usize).await {
-            Ok(()) => Ok(true),
-            Err(TxFailure::Canceled(_)) => Ok(false),
-            Err(TxFailure::Other(e)) => Err(e),
+            .expression_attribute_values(":seen", n(product.restocks))
+            .expression_attribute_values(":zero", n(0))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        let capacity = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.consumed_capacity.as_ref());
+        self.stats.record(capacity, 0);
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(port_error("dynamodb UpdateItem", e)),
         }
     }
 
@@ -570,13 +760,65 @@ impl Store for DynamoStore {
         self.stats.record(capacity, 0);
         match result {
             Ok(_) => Ok(CreateOrder::Created),
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
-                    let item = c.item.ok_or_else(|| malformed("missing old order"))?;
-                    Ok(CreateOrder::Exists(decode_order(&item)?))
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                    let item = c
+                        .item
+                        .as_ref()
+                        .ok_or_else(|| malformed("missing old order"))?;
+                    Ok(CreateOrder::Exists(decode_order(item)?))
                 }
-                other => Err(PortError::unavailable("dynamodb PutItem", other)),
+                _ => Err(port_error("dynamodb PutItem", e)),
             },
+        }
+    }
+
+    async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
+        let q = order.quantity.get();
+        let Some(max) = limit.checked_sub(q) else {
+            // More than the limit in one order: never admitted, nothing written.
+            return Ok(CreateOrder::LimitReached { admitted: 0 });
+        };
+        let mut item = encode_order(order);
+        item.insert("admitted".into(), AttributeValue::Bool(true));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| PortError::unavailable("building Put", e))?;
+        // Condition expressions cannot add, so `admitted + q <= limit` is written as
+        // `admitted <= limit - q`.
+        let admit = self
+            .update(key(product_pk(&order.sku), admit_sk(&order.owner)))
+            .update_expression("ADD admitted :q")
+            .condition_expression("attribute_not_exists(admitted) OR admitted <= :max")
+            .expression_attribute_values(":q", n(q))
+            .expression_attribute_values(":max", n(max))
+            .build()
+            .map_err(|e| PortError::unavailable("building Update", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(admit).build(),
+        ];
+        let reasons = match self.transact(items, 0).await {
+            Ok(()) => return Ok(CreateOrder::Created),
+            Err(TxFailure::Other(e)) => return Err(e),
+            Err(TxFailure::Canceled(r)) => r,
+        };
+        // A replay first, whatever the counter says: the original order is the answer.
+        if let Some((code, old)) = reasons.first() {
+            if is_ccf(code) {
+                let item = old.as_ref().ok_or_else(|| malformed("missing old order"))?;
+                return Ok(CreateOrder::Exists(decode_order(item)?));
+            }
+        }
+        match reasons.get(1) {
+            Some((code, old)) if is_ccf(code) => Ok(CreateOrder::LimitReached {
+                admitted: old.as_ref().and_then(|i| get_n(i, "admitted")).unwrap_or(0),
+            }),
+            _ => Err(canceled_error(&reasons)),
         }
     }
 
@@ -693,27 +935,36 @@ impl Store for DynamoStore {
         if !explained {
             // Throttling or an internal error inside the transaction: not a business answer.
             let codes: Vec<_> = reasons.iter().filter_map(|(c, _)| c.clone()).collect();
-            return Err(PortError::unavailable(
-                "dynamodb TransactWriteItems",
-                format!("transaction canceled: {}", codes.join(", ")),
-            ));
+            let message = format!("transaction canceled: {}", codes.join(", "));
+            let throttled = codes
+                .iter()
+                .any(|c| DEGRADED_TRANSACTION_REASONS.contains(&c.as_str()));
+            return Err(if throttled {
+                PortError::degraded("dynamodb TransactWriteItems", message)
+            } else {
+                PortError::unavailable("dynamodb TransactWriteItems", message)
+            });
         }
         Ok(Err(refused))
     }
 
     async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
+        // The usual order holds no admission count: one plain conditional update. One that
+        // does fails the extra condition, and the item returned with the failure says what to
+        // give back, in a transaction with the status change.
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(order_pk(id), ORDER_SK)))
             .update_expression("SET #status = :rejected, reason = :reason, updated_at = :now")
-            .condition_expression("#status = :queued")
+            .condition_expression("#status = :queued AND attribute_not_exists(admitted)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":rejected", s("rejected"))
             .expression_attribute_values(":queued", s("queued"))
             .expression_attribute_values(":reason", s(reason.as_str()))
             .expression_attribute_values(":now", n(now))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
@@ -722,12 +973,19 @@ impl Store for DynamoStore {
             .ok()
             .and_then(|o| o.consumed_capacity.as_ref());
         self.stats.record(capacity, 0);
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-                other => Err(PortError::unavailable("dynamodb UpdateItem", other)),
+        let old = match result {
+            Ok(_) => return Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item.clone(),
+                _ => return Err(port_error("dynamodb UpdateItem", e)),
             },
+        };
+        match old {
+            Some(item) if get_s(&item, "status") == Some("queued") && is_admitted(&item) => {
+                self.reject_admitted(&decode_order(&item)?, reason, now)
+                    .await
+            }
+            _ => Ok(false),
         }
     }
 
@@ -760,12 +1018,20 @@ impl Store for DynamoStore {
                 .expression_attribute_names("#owner", "owner")
                 .expression_attribute_values(":owner", s(owner.as_str()));
         }
-        let u = u.update_expression(expr).condition_expression(cond);
+        // Pay only before the payment deadline, the timeout only from it on: of the two racing
+        // at the deadline exactly one can win.
+        match t.window() {
+            Some(Window::Open) => cond.push_str(" AND expires_at > :now"),
+            Some(Window::Closed) => cond.push_str(" AND expires_at <= :now"),
+            None => {}
+        }
+        let u = u.update_expression(expr);
         let mut updated = order.clone();
         updated.apply(t, now);
 
         if !t.restores_stock {
             let req = u
+                .condition_expression(cond)
                 .build()
                 .map_err(|e| PortError::unavailable("building Update", e))?;
             let result = self
@@ -791,17 +1057,146 @@ impl Store for DynamoStore {
                     Some(item) => decode_order(&item)?,
                     None => updated,
                 })),
-                Err(e) => match e.into_service_error() {
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_) => Ok(Advance::Stale),
-                    other => Err(PortError::unavailable("dynamodb UpdateItem", other)),
+                Err(e) => match e.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(Advance::Stale),
+                    _ => Err(port_error("dynamodb UpdateItem", e)),
                 },
             };
         }
 
+        // Whether the order holds an admission count to give back is on the item, not on the
+        // order as read: guess from `counted` (both follow the product's limit), put the guess
+        // in the condition, and if the item says otherwise write again with the other guess.
+        let mut admitted = order.counted;
+        for _ in 0..2 {
+            let flag = if admitted {
+                "attribute_exists(admitted)"
+            } else {
+                "attribute_not_exists(admitted)"
+            };
+            let status = u.clone().condition_expression(format!("{cond} AND {flag}"));
+            let reasons = match self.restore(order, status, admitted).await? {
+                None => return Ok(Advance::Done(updated)),
+                Some(r) => r,
+            };
+            let stale = match reasons.first() {
+                Some((code, Some(item))) if is_ccf(code) => {
+                    get_s(item, "status") != Some(t.from.as_str())
+                        || owner.is_some_and(|o| get_s(item, "owner") != Some(o.as_str()))
+                        || is_admitted(item) == admitted
+                }
+                Some((code, None)) if is_ccf(code) => true,
+                _ => return Err(canceled_error(&reasons)),
+            };
+            if stale {
+                return Ok(Advance::Stale);
+            }
+            admitted = !admitted;
+        }
+        Ok(Advance::Stale)
+    }
+
+    async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
+        let Some(bucket) = self.rate_limit else {
+            return Ok(Ok(()));
+        };
+        let now = micros(now);
+        let mut known = self.rate_hint(caller);
+        // `known` came from the table in this call (not from memory).
+        let mut confirmed = false;
+        for _ in 0..RATE_ATTEMPTS {
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(rate_pk(caller), RATE_SK)))
+                .expression_attribute_names("#ttl", "ttl");
+            // Both writes are guarded so that however many instances take tokens at once,
+            // each token is taken once: the condition is checked against the stored `tat`.
+            let update = match bucket.next(known, now) {
+                // A remembered value is only a lower bound of the stored one: it proves the
+                // bucket empty, but the wait it gives may be short. Read the bucket (a read,
+                // not a write) for the true wait.
+                Take::Wait(_) if !confirmed => {
+                    known = self.read_rate(caller).await?;
+                    self.remember_rate(caller, known);
+                    confirmed = true;
+                    continue;
+                }
+                Take::Wait(wait) => return Ok(Err(wait)),
+                Take::Refill { now, set_to } => update
+                    .update_expression("SET tat = :tat, #ttl = :ttl")
+                    .condition_expression("attribute_not_exists(tat) OR tat <= :now")
+                    .expression_attribute_values(":tat", n(set_to))
+                    .expression_attribute_values(":now", n(now))
+                    .expression_attribute_values(":ttl", n(expiry(set_to))),
+                Take::Take {
+                    now,
+                    limit,
+                    interval,
+                } => update
+                    .update_expression("SET tat = tat + :i, #ttl = :ttl")
+                    .condition_expression("tat > :now AND tat <= :limit")
+                    .expression_attribute_values(":i", n(interval))
+                    .expression_attribute_values(":now", n(now))
+                    .expression_attribute_values(":limit", n(limit))
+                    .expression_attribute_values(":ttl", n(expiry(limit + interval))),
+            };
+            let result = update
+                .return_values(ReturnValue::UpdatedNew)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            let capacity = result
+                .as_ref()
+                .ok()
+                .and_then(|o| o.consumed_capacity.as_ref());
+            self.stats.record(capacity, 0);
+            match result {
+                Ok(out) => {
+                    let tat = out.attributes.as_ref().and_then(|a| get_n(a, "tat"));
+                    self.remember_rate(caller, tat);
+                    return Ok(Ok(()));
+                }
+                Err(e) => match e.as_service_error() {
+                    // The bucket is not as we thought: learn it from the item returned.
+                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                        known = c.item.as_ref().and_then(|i| get_n(i, "tat"));
+                        self.remember_rate(caller, known);
+                        confirmed = true;
+                    }
+                    _ => return Err(port_error("dynamodb UpdateItem", e)),
+                },
+            }
+        }
+        Err(PortError::Contention)
+    }
+}
+
+/// The bucket item's TTL (epoch seconds): once `tat` has passed the bucket is full, which is
+/// what no item means too, so DynamoDB may delete it from then on.
+fn expiry(tat: Micros) -> i64 {
+    tat.div_euclid(1_000_000) + 1
+}
+
+impl DynamoStore {
+    /// One transaction: the order's status change `status`, its stock back to the shards it
+    /// came from, the product's sold-out flag cleared, and the buyer's purchase counter and
+    /// (when `admitted`) admission count lowered. `Some(reasons)` when it was canceled.
+    async fn restore(
+        &self,
+        order: &Order,
+        status: aws_sdk_dynamodb::types::builders::UpdateBuilder,
+        admitted: bool,
+    ) -> PortResult<Option<Vec<(Option<String>, Option<Item>)>>> {
         // Stock comes back in the same transaction as the status change, so exactly once.
         let mut items = vec![TransactWriteItem::builder()
             .update(
-                u.build()
+                status
+                    .build()
                     .map_err(|e| PortError::unavailable("building Update", e))?,
             )
             .build()];
@@ -823,7 +1218,8 @@ impl Store for DynamoStore {
             TransactWriteItem::builder()
                 .update(
                     self.update(key(product_pk(&order.sku), META))
-                        .update_expression("REMOVE sold_out")
+                        .update_expression("REMOVE sold_out ADD restocks :one")
+                        .expression_attribute_values(":one", n(1))
                         .build()
                         .map_err(|e| PortError::unavailable("building Update", e))?,
                 )
@@ -845,10 +1241,20 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
+        if admitted {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        self.give_back_admission(order)
+                            .build()
+                            .map_err(|e| PortError::unavailable("building Update", e))?,
+                    )
+                    .build(),
+            );
+        }
         match self.transact(items, order.takes.len()).await {
-            Ok(()) => Ok(Advance::Done(updated)),
-            Err(TxFailure::Canceled(r)) if is_ccf(&r[0].0) => Ok(Advance::Stale),
-            Err(TxFailure::Canceled(_)) => Err(PortError::Contention),
+            Ok(()) => Ok(None),
+            Err(TxFailure::Canceled(r)) => Ok(Some(r)),
             Err(TxFailure::Other(e)) => Err(e),
         }
     }

@@ -130,6 +130,8 @@ pub enum ApiError {
     SoldOut,
     #[error("the sale is not open")]
     SaleNotOpen,
+    #[error("this order would take you past the product's per-user purchase limit")]
+    PurchaseLimit,
     #[error("body larger than 16 KiB")]
     PayloadTooLarge,
     #[error("body must be JSON (Content-Type: application/json)")]
@@ -144,6 +146,10 @@ pub enum ApiError {
         #[source]
         source: flash_domain::PortError,
     },
+    /// Refused without calling a dependency a circuit breaker holds open; the breaker logged
+    /// why when it opened, so nothing is logged per request.
+    #[error("a dependency is unavailable, retry later")]
+    Shedding { retry_after_s: u32 },
 }
 
 impl From<ValidationError> for ApiError {
@@ -172,12 +178,15 @@ impl ApiError {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound(_) => 404,
-            Self::InvalidTransition(_) | Self::SoldOut | Self::SaleNotOpen => 409,
+            Self::InvalidTransition(_)
+            | Self::SoldOut
+            | Self::SaleNotOpen
+            | Self::PurchaseLimit => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::IdempotencyKeyReused => 422,
             Self::RateLimited { .. } => 429,
-            Self::Unavailable { .. } => 503,
+            Self::Unavailable { .. } | Self::Shedding { .. } => 503,
         }
     }
 
@@ -190,11 +199,12 @@ impl ApiError {
             Self::InvalidTransition(_) => "invalid_transition",
             Self::SoldOut => "sold_out",
             Self::SaleNotOpen => "sale_not_open",
+            Self::PurchaseLimit => "purchase_limit",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable { .. } => "unavailable",
+            Self::Unavailable { .. } | Self::Shedding { .. } => "unavailable",
         }
     }
 
@@ -215,7 +225,9 @@ impl ApiError {
             body["error"]["status"] = serde_json::Value::from(status.as_str());
         }
         let mut resp = json(self.status(), &body);
-        if let Self::RateLimited { retry_after_s } | Self::Unavailable { retry_after_s, .. } = self
+        if let Self::RateLimited { retry_after_s }
+        | Self::Unavailable { retry_after_s, .. }
+        | Self::Shedding { retry_after_s } = self
         {
             resp.headers_mut()
                 .insert("retry-after", retry_after_s.into());

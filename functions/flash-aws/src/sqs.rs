@@ -32,7 +32,7 @@ impl Queue for SqsQueue {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| PortError::unavailable("sqs SendMessage", e))?;
+            .map_err(|e| crate::errors::port_error("sqs SendMessage", e))?;
         Ok(())
     }
 }

@@ -8,11 +8,29 @@ use crate::order::{Order, OrderStatus, Reason};
 use crate::plan::{plan, Candidate};
 use crate::ports::{Accepted, Commit, PortError, PortResult, ShardStock, Store};
 use crate::product::Product;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::time::Duration;
 
 /// Attempts before the group is handed back to the queue for a later retry. Each failed attempt
 /// means another processor won a race for the same shard, so progress was made elsewhere.
-const MAX_ATTEMPTS: usize = 12;
+const MAX_ATTEMPTS: usize = 40;
+/// After a transaction conflict the next attempt waits a random time up to this, doubling with
+/// each conflict up to `CONFLICT_BACKOFF_CAP` ("full jitter"), so the processors that collided
+/// on a shard do not collide again at once.
+const CONFLICT_BACKOFF: Duration = Duration::from_millis(4);
+const CONFLICT_BACKOFF_CAP: Duration = Duration::from_millis(200);
+
+/// How long to wait after the `n`th conflict (from 1): uniform in [0, min(cap, base·2ⁿ⁻¹)].
+pub fn conflict_backoff(n: u32) -> Duration {
+    let ceiling = CONFLICT_BACKOFF
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(CONFLICT_BACKOFF_CAP);
+    let random = RandomState::new().hash_one(n);
+    ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GroupReport {
@@ -27,12 +45,14 @@ pub struct GroupReport {
 
 /// Decides every queued order in `orders` (all for `product`). On success each order is
 /// decided; on error none of the undecided ones changed and the whole group may be retried.
-pub async fn decide_group<S: Store>(
+/// `pause` waits between attempts after a transaction conflict.
+pub async fn decide_group<S: Store, P: Future<Output = ()>>(
     store: &S,
     product: &Product,
     orders: &[Order],
     now: Millis,
     start_shard: usize,
+    pause: impl Fn(Duration) -> P,
 ) -> PortResult<GroupReport> {
     let mut report = GroupReport::default();
     let mut pending: Vec<Candidate> = Vec::new();
@@ -54,9 +74,11 @@ pub async fn decide_group<S: Store>(
     let (open, closed): (Vec<_>, Vec<_>) = pending
         .into_iter()
         .partition(|c| product.sale_open(c.created_at));
-    for c in closed {
-        reject(store, &mut report, &c.order_id, Reason::SaleNotOpen, now).await?;
-    }
+    let closed: Vec<_> = closed
+        .into_iter()
+        .map(|c| (c.order_id, Reason::SaleNotOpen))
+        .collect();
+    reject_all(store, &mut report, &closed, now).await?;
     let mut pending = open;
     // First come, first served: storage returns orders in no particular order.
     pending.sort_by(|a, b| (a.created_at, &a.order_id).cmp(&(b.created_at, &b.order_id)));
@@ -66,7 +88,8 @@ pub async fn decide_group<S: Store>(
     let mut view: Option<Vec<ShardStock>> = None;
     let mut flagged = product.sold_out;
     let mut attempts = 0;
-    let expires_at = now + i64::from(product.payment_window_seconds) * 1000;
+    let mut conflicts = 0;
+    let expires_at = product.payment_due_at(now);
     while !pending.is_empty() {
         attempts += 1;
         if attempts > MAX_ATTEMPTS {
@@ -99,11 +122,13 @@ pub async fn decide_group<S: Store>(
         if !fresh && p.rejected.iter().any(|(_, r)| *r == Reason::SoldOut) {
             continue; // read the shards before telling anyone it is sold out
         }
-        let mut done: HashSet<usize> = HashSet::new();
-        for &(i, reason) in &p.rejected {
-            reject(store, &mut report, &pending[i].order_id, reason, now).await?;
-            done.insert(i);
-        }
+        let mut done: HashSet<usize> = p.rejected.iter().map(|&(i, _)| i).collect();
+        let rejected: Vec<_> = p
+            .rejected
+            .iter()
+            .map(|&(i, reason)| (pending[i].order_id.clone(), reason))
+            .collect();
+        reject_all(store, &mut report, &rejected, now).await?;
         if !p.accepted.is_empty() {
             let commit = Commit {
                 takes: p.takes.clone(),
@@ -143,6 +168,10 @@ pub async fn decide_group<S: Store>(
                             done.insert(i);
                         }
                     }
+                    if refused.conflict {
+                        conflicts += 1;
+                        pause(conflict_backoff(conflicts)).await;
+                    }
                     // Learn what the failed shards hold from the returned values; a conflict
                     // tells us nothing, so read again.
                     view = (!refused.conflict).then(|| {
@@ -176,17 +205,21 @@ fn after_takes(mut shards: Vec<ShardStock>, takes: &[crate::order::ShardTake]) -
     shards
 }
 
-async fn reject<S: Store>(
+/// Rejects orders concurrently: each is its own conditional write, and none waits for another.
+async fn reject_all<S: Store>(
     store: &S,
     report: &mut GroupReport,
-    id: &OrderId,
-    reason: Reason,
+    orders: &[(OrderId, Reason)],
     now: Millis,
 ) -> PortResult<()> {
-    if store.reject(id, reason, now).await? {
-        report.rejected.push((id.clone(), reason));
-    } else {
-        report.already_decided.push(id.clone());
+    let written =
+        futures::future::join_all(orders.iter().map(|(id, r)| store.reject(id, *r, now))).await;
+    for ((id, reason), written) in orders.iter().zip(written) {
+        if written? {
+            report.rejected.push((id.clone(), *reason));
+        } else {
+            report.already_decided.push(id.clone());
+        }
     }
     Ok(())
 }

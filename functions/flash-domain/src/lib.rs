@@ -1,14 +1,18 @@
 //! The flash-sale domain: value types that cannot hold a bad value, the order state machine,
 //! the group-commit planner that decides which queued orders get stock, and the ports the
-//! functions use to reach storage and the queue. Nothing here knows about AWS or Lambda.
+//! functions use to reach storage and the queue, and the pure state of the admission guards
+//! (the per-caller token bucket, the circuit breaker). Nothing here knows about AWS or Lambda.
 
+pub mod breaker;
 pub mod clock;
 pub mod commit;
+pub mod expiry;
 pub mod ids;
 pub mod order;
 pub mod plan;
 pub mod ports;
 pub mod product;
+pub mod token_bucket;
 
 pub use ids::{IdempotencyKey, OrderId, Quantity, Sku, UserId, ValidationError};
 pub use order::{Action, Order, OrderMessage, OrderRequest, OrderStatus, Reason, TransitionError};

@@ -7,6 +7,7 @@ use crate::order::{Order, OrderMessage, Reason, ShardTake, Transition};
 use crate::product::Product;
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -16,6 +17,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum PortError {
     #[error("{what} failed")]
     Unavailable {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The dependency is overloaded or out of reach: throttled, timed out, a 5xx, no
+    /// connection. The failures a circuit breaker counts; retrying at once would add load.
+    #[error("{what} failed: dependency degraded")]
+    Degraded {
         what: &'static str,
         #[source]
         source: BoxError,
@@ -32,6 +41,18 @@ impl PortError {
             source: source.into(),
         }
     }
+
+    pub fn degraded(what: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Degraded {
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// Whether this failure says the dependency is struggling (see [`PortError::Degraded`]).
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Self::Degraded { .. })
+    }
 }
 
 pub type PortResult<T> = Result<T, PortError>;
@@ -47,6 +68,11 @@ pub enum CreateOrder {
     Created,
     /// An order with that id exists already (a replay, or a reused key).
     Exists(Order),
+    /// Not written: the buyer's queued and held orders of this product already come so close
+    /// to its per-user limit that this one would pass it.
+    LimitReached {
+        admitted: u32,
+    },
 }
 
 /// One group commit: the stock it takes, the orders it accepts, and the purchase counters it
@@ -103,8 +129,9 @@ pub trait Store: Send + Sync {
         added: u64,
         stock: &[(u32, u64)],
     ) -> impl Future<Output = PortResult<bool>> + Send;
-    /// Flags the product sold out, on condition that every one of its shards is empty at that
-    /// moment; `false` if one is not.
+    /// Flags the product sold out, on condition that no stock came back since `product` was
+    /// read (its `restocks` count has not moved); `false` if some did. The caller must have
+    /// seen every shard empty in a read made after reading `product`.
     fn mark_sold_out(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
     /// What each shard holds, read consistently.
     fn read_shards(&self, sku: &Sku) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
@@ -117,6 +144,16 @@ pub trait Store: Send + Sync {
 
     /// Writes a new `queued` order unless one with its id exists (the idempotency key).
     fn create_order(&self, order: &Order) -> impl Future<Output = PortResult<CreateOrder>> + Send;
+    /// [`Store::create_order`] for a product with a per-user limit: in the same write, raises
+    /// the buyer's admission counter for the product (units in their queued and held orders)
+    /// on condition that it stays within `limit`. A replay answers `Exists` whatever the
+    /// counter says. Rejecting, cancelling or refunding an order so admitted lowers the
+    /// counter in the write that changes its status, so the buyer may order again.
+    fn create_limited_order(
+        &self,
+        order: &Order,
+        limit: u32,
+    ) -> impl Future<Output = PortResult<CreateOrder>> + Send;
     fn get_order(&self, id: &OrderId) -> impl Future<Output = PortResult<Option<Order>>> + Send;
     /// Several orders, read consistently; missing ones are left out.
     fn get_orders(&self, ids: &[OrderId]) -> impl Future<Output = PortResult<Vec<Order>>> + Send;
@@ -143,6 +180,15 @@ pub trait Store: Send + Sync {
         owner: Option<&UserId>,
         now: Millis,
     ) -> impl Future<Output = PortResult<Advance>> + Send;
+
+    /// Takes one token from `caller`'s rate-limit bucket (shared by every instance of every
+    /// write route) at `now`; `Err(wait)` when it is empty and the next token comes after
+    /// `wait`. At most one small write; always `Ok(())` when the store has no limit set.
+    fn take_token(
+        &self,
+        caller: &UserId,
+        now: Millis,
+    ) -> impl Future<Output = PortResult<Result<(), Duration>>> + Send;
 }
 
 pub trait Queue: Send + Sync {

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 /// Stock split across more shard items than this buys nothing: a batch of 100 orders touches a
 /// handful of shards at most.
 pub const MAX_SHARDS: u32 = 64;
-/// Units per shard when the admin does not choose: keeps each shard item's write rate well
-/// under DynamoDB's per-item budget at the group sizes the processor reaches.
-pub const UNITS_PER_SHARD: u64 = 2_000;
+/// Units per shard when the admin does not choose: about one full batch (100 orders) a shard,
+/// so a hot product has more shards than there are processors (10 by default) and concurrent
+/// batches rarely start on the same item.
+pub const UNITS_PER_SHARD: u64 = 100;
 pub const DEFAULT_PAYMENT_WINDOW_SECONDS: u32 = 900;
 pub const MAX_STOCK: u64 = 1_000_000_000;
 
@@ -24,12 +25,20 @@ pub struct Product {
     pub sale_ends_at: Option<Millis>,
     pub payment_window_seconds: u32,
     pub shards: u32,
-    /// Every shard was seen empty (set atomically with that check; cleared by any write that
-    /// returns stock), so `place-order` can refuse without writing.
+    /// Every shard was seen empty (cleared by any write that returns stock), so `place-order`
+    /// can refuse without writing.
     pub sold_out: bool,
+    /// How many writes have returned or added stock; each raises it, so a sold-out flag set on
+    /// condition that it has not moved cannot hide units that came back.
+    pub restocks: u64,
 }
 
 impl Product {
+    /// When an order accepted at `accepted_at` must be paid by.
+    pub fn payment_due_at(&self, accepted_at: Millis) -> Millis {
+        accepted_at + i64::from(self.payment_window_seconds) * 1000
+    }
+
     pub fn sale_open(&self, at: Millis) -> bool {
         self.sale_starts_at.is_none_or(|s| at >= s) && self.sale_ends_at.is_none_or(|e| at < e)
     }
@@ -150,6 +159,7 @@ impl ProductSpec {
             payment_window_seconds,
             shards,
             sold_out: false,
+            restocks: 0,
         };
         Ok((product, stock))
     }
@@ -166,11 +176,19 @@ mod tests {
 
     #[test]
     fn defaults_choose_shards_from_stock_and_a_15_minute_window() {
-        let (p, stock) = spec(r#"{"name":"Phone","stock":4500}"#).unwrap();
-        assert_eq!((stock, p.shards, p.payment_window_seconds), (4500, 3, 900));
-        assert_eq!(p.split(4500), vec![(0, 1500), (1, 1500), (2, 1500)]);
+        let (p, stock) = spec(r#"{"name":"Phone","stock":250}"#).unwrap();
+        assert_eq!((stock, p.shards, p.payment_window_seconds), (250, 3, 900));
+        assert_eq!(p.split(250), vec![(0, 84), (1, 83), (2, 83)]);
         assert_eq!(p.split(4), vec![(0, 2), (1, 1), (2, 1)]);
         assert_eq!(p.split(1), vec![(0, 1)]);
+        let shards = |stock: u32| {
+            spec(&format!(r#"{{"name":"x","stock":{stock}}}"#))
+                .unwrap()
+                .0
+        };
+        assert_eq!(shards(1).shards, 1);
+        assert_eq!(shards(2_000).shards, 20);
+        assert_eq!(shards(1_000_000).shards, MAX_SHARDS);
     }
 
     #[test]

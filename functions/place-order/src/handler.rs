@@ -1,11 +1,20 @@
-//! `POST /orders`: admit an order. Validates, refuses fast when the sale is not open or the
-//! product is sold out (from a product read cached in the warm function), writes the order
-//! `queued` with a conditional put (its id is derived from caller and Idempotency-Key, so the
-//! put is the idempotency check) and enqueues it. Never touches stock.
+//! `POST /orders`: admit an order. Validates, refuses fast when the sale is not open, the
+//! product is sold out (from a product read cached in the warm function) or the order alone
+//! passes the per-user limit, takes a token from the caller's rate-limit bucket, writes the
+//! order `queued` with a conditional put (its id is derived from caller and Idempotency-Key,
+//! so the put is the idempotency check; for a product with a per-user limit the same write
+//! raises the buyer's admission count, so one buyer cannot queue past the limit) and enqueues
+//! it. Never touches stock.
+//!
+//! Circuit breakers stand in front of DynamoDB and SQS: while one is open the answer is `503`
+//! with `Retry-After` at once, before anything is called.
 
+use flash_aws::breaker::CircuitBreaker;
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
+use flash_domain::breaker::BreakerConfig;
 use flash_domain::clock::now_ms;
 use flash_domain::ports::{CreateOrder, Queue, Store};
+use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{
     IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus, Product, Sku,
 };
@@ -15,24 +24,44 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How stale the cached product may be. A sold-out flag cleared by a cancel reaches buyers
-/// within this long, and a hot product costs one read per warm function per period instead of
-/// one per order.
-pub const PRODUCT_TTL: Duration = Duration::from_secs(1);
+/// How stale the cached product may be. The sold-out flag reaches buyers within this long (each
+/// order let in after it costs a write, a message and a rejection), as does a flag cleared by a
+/// cancel; a hot product costs four reads a second per warm function instead of one per order.
+pub const PRODUCT_TTL: Duration = Duration::from_millis(250);
+
+/// The name the breakers log and meter under.
+const FUNCTION: &str = "place-order";
 
 pub struct PlaceOrder<S, Q> {
     pub store: S,
     pub queue: Q,
     products: Mutex<HashMap<Sku, (Instant, Product)>>,
+    dynamodb: CircuitBreaker,
+    sqs: CircuitBreaker,
 }
 
 impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
+    /// With the default breakers ([`BreakerConfig::default`]).
     pub fn new(store: S, queue: Q) -> Self {
         Self {
             store,
             queue,
             products: Mutex::default(),
+            dynamodb: CircuitBreaker::new(FUNCTION, "dynamodb", BreakerConfig::default()),
+            sqs: CircuitBreaker::new(FUNCTION, "sqs", BreakerConfig::default()),
         }
+    }
+
+    /// Replaces both breakers with fresh (closed) ones of `config`.
+    pub fn with_breakers(mut self, config: BreakerConfig) -> Self {
+        self.dynamodb = CircuitBreaker::new(FUNCTION, "dynamodb", config);
+        self.sqs = CircuitBreaker::new(FUNCTION, "sqs", config);
+        self
+    }
+
+    /// The breaker in front of DynamoDB and the one in front of SQS.
+    pub fn breakers(&self) -> (&CircuitBreaker, &CircuitBreaker) {
+        (&self.dynamodb, &self.sqs)
     }
 
     async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
@@ -44,7 +73,7 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         if cached.is_some() {
             return Ok(cached);
         }
-        let product = self.store.get_product(sku).await?;
+        let product = self.dynamodb.call(self.store.get_product(sku)).await?;
         if let (Some(p), Ok(mut m)) = (&product, self.products.lock()) {
             m.insert(sku.clone(), (Instant::now(), p.clone()));
         }
@@ -62,6 +91,14 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         let key = IdempotencyKey::parse(key)?;
         let body: OrderRequest =
             json_body(req)?.ok_or_else(|| ApiError::invalid("a JSON body is required"))?;
+        // Shed load before touching anything while a dependency is known to be struggling:
+        // an order written but not enqueued would only wait for the re-drive.
+        let open = [self.dynamodb.refusal(), self.sqs.refusal()];
+        if let Some(wait) = open.into_iter().flatten().max() {
+            return Err(ApiError::Shedding {
+                retry_after_s: retry_after_secs(wait),
+            });
+        }
         let now = now_ms();
         let id = OrderId::derive(&caller.user, &key);
         let product = self
@@ -72,19 +109,36 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             Some(ApiError::SaleNotOpen)
         } else if product.sold_out {
             Some(ApiError::SoldOut)
+        } else if product
+            .per_user_limit
+            .is_some_and(|limit| body.quantity.get() > limit)
+        {
+            Some(ApiError::PurchaseLimit)
         } else {
             None
         };
         if let Some(refusal) = refusal {
             // Refused without a write; but a replay of an order admitted earlier still gets
             // its answer.
-            return match self.store.get_order(&id).await? {
+            return match self.dynamodb.call(self.store.get_order(&id)).await? {
                 Some(existing) if existing.fingerprint == body.fingerprint() => {
                     self.answer(existing).await
                 }
                 Some(_) => Err(ApiError::IdempotencyKeyReused),
                 None => Err(refusal),
             };
+        }
+        // After the refusals, which write nothing, so a sold-out storm still costs no write.
+        // A fresh clock: the bucket compares it with other instances' writes. Watched, not
+        // called: with no limit set it reaches nothing, so its success proves nothing.
+        if let Err(wait) = self
+            .dynamodb
+            .watch(self.store.take_token(&caller.user, now_ms()))
+            .await?
+        {
+            return Err(ApiError::RateLimited {
+                retry_after_s: retry_after_secs(wait),
+            });
         }
         let order = Order {
             id,
@@ -100,7 +154,15 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             takes: Vec::new(),
             counted: false,
         };
-        let current = match self.store.create_order(&order).await? {
+        let created = match product.per_user_limit {
+            Some(limit) => {
+                self.dynamodb
+                    .call(self.store.create_limited_order(&order, limit))
+                    .await?
+            }
+            None => self.dynamodb.call(self.store.create_order(&order)).await?,
+        };
+        let current = match created {
             CreateOrder::Created => {
                 tracing::info!(order_id = %order.id, sku = %order.sku, "order accepted");
                 order
@@ -111,6 +173,16 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
                 }
                 existing
             }
+            CreateOrder::LimitReached { admitted } => {
+                tracing::info!(
+                    order_id = %order.id,
+                    sku = %order.sku,
+                    admitted,
+                    quantity = order.quantity.get(),
+                    "order refused: per-user limit"
+                );
+                return Err(ApiError::PurchaseLimit);
+            }
         };
         self.answer(current).await
     }
@@ -120,14 +192,13 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         // A replay of a still-queued order enqueues it again: if the first send failed after
         // the write, this is what gets it decided. A duplicate message is a no-op downstream.
         if current.status == OrderStatus::Queued {
-            self.queue
-                .send(&OrderMessage {
-                    order_id: current.id.clone(),
-                    sku: current.sku.clone(),
-                    quantity: current.quantity,
-                    user_id: current.owner.clone(),
-                })
-                .await?;
+            let msg = OrderMessage {
+                order_id: current.id.clone(),
+                sku: current.sku.clone(),
+                quantity: current.quantity,
+                user_id: current.owner.clone(),
+            };
+            self.sqs.call(self.queue.send(&msg)).await?;
         }
         Ok(json(
             202,

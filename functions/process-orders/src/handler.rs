@@ -3,10 +3,16 @@
 //! transaction per stock write (see `flash_domain::commit`). A message that is not an order, or
 //! names no stored order, is reported failed alone so SQS retries it and finally moves it to
 //! the DLQ; the rest of the batch still succeeds.
+//!
+//! Every order the batch leaves `pending` gets its payment timeout scheduled
+//! ([`ProcessOrders::process_and_schedule`]), including orders an earlier delivery accepted:
+//! a processor that died between its commit and the scheduling is made whole by the
+//! redelivery, and a second timeout message is harmless because the timeout is conditional.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use flash_domain::clock::now_ms;
 use flash_domain::commit::{by_product, decide_group};
+use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
 use flash_domain::ports::Store;
 use flash_domain::{Order, OrderId, OrderMessage};
 use std::collections::hash_map::DefaultHasher;
@@ -21,6 +27,9 @@ pub struct BatchReport {
     pub already_decided: usize,
     pub transactions: usize,
     pub failed: usize,
+    /// The orders this batch left `pending`, newly accepted or found so: each needs its
+    /// payment timeout scheduled.
+    pub due: Vec<PaymentDue>,
 }
 
 pub struct ProcessOrders<S> {
@@ -28,6 +37,8 @@ pub struct ProcessOrders<S> {
 }
 
 impl<S: Store> ProcessOrders<S> {
+    /// Decides the batch without scheduling payment timeouts; the deployed function runs
+    /// [`process_and_schedule`](Self::process_and_schedule).
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         self.process(event).await.0
     }
@@ -89,6 +100,8 @@ impl<S: Store> ProcessOrders<S> {
             .into_values()
             .filter(|o| carriers.contains_key(&o.id))
             .collect();
+        // Accepted by an earlier delivery, which may have died before scheduling the timeout.
+        report.due.extend(orders.iter().filter_map(PaymentDue::of));
         // Concurrent batches start at different shards so they rarely write the same item.
         let mut h = DefaultHasher::new();
         ids.first().hash(&mut h);
@@ -96,7 +109,25 @@ impl<S: Store> ProcessOrders<S> {
         let now = now_ms();
         for (sku, group) in by_product(orders) {
             let result = match self.store.get_product(&sku).await {
-                Ok(Some(product)) => decide_group(&self.store, &product, &group, now, start).await,
+                Ok(Some(product)) => {
+                    let decided = decide_group(
+                        &self.store,
+                        &product,
+                        &group,
+                        now,
+                        start,
+                        tokio::time::sleep,
+                    )
+                    .await;
+                    if let Ok(r) = &decided {
+                        report.due.extend(
+                            r.accepted
+                                .iter()
+                                .map(|id| PaymentDue::accepted(id.clone(), &product, now)),
+                        );
+                    }
+                    decided
+                }
                 Ok(None) => {
                     tracing::warn!(sku = %sku, "orders for an unknown product");
                     failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
@@ -127,6 +158,51 @@ impl<S: Store> ProcessOrders<S> {
             }
         }
         finish(failed, report)
+    }
+}
+
+impl<S: Store> ProcessOrders<S> {
+    /// The deployed function: [`process`](Self::process), then the payment timeout of every
+    /// order the batch left pending. A record whose order's timeout could not be scheduled is
+    /// reported failed, so SQS delivers it again and the redelivery schedules it.
+    pub async fn process_and_schedule<T: PaymentTimeouts>(
+        &self,
+        timeouts: &T,
+        event: SqsEvent,
+    ) -> (SqsBatchResponse, BatchReport) {
+        // Which records name which order: bodies that are no order failed in `process`.
+        let named: Vec<(String, OrderId)> = event
+            .records
+            .iter()
+            .filter_map(|r| {
+                let msg = serde_json::from_str::<OrderMessage>(r.body.as_deref()?).ok()?;
+                Some((r.message_id.clone()?, msg.order_id))
+            })
+            .collect();
+        let (mut response, report) = self.process(event).await;
+        if report.due.is_empty() {
+            return (response, report);
+        }
+        if let Err(e) = timeouts.schedule_timeouts(&report.due, now_ms()).await {
+            tracing::error!(
+                error = %e.cause,
+                orders = e.orders.len(),
+                "payment timeouts not scheduled; their messages will be retried"
+            );
+            let mut failed: Vec<String> = response
+                .batch_item_failures
+                .drain(..)
+                .map(|f| f.item_identifier)
+                .collect();
+            failed.extend(
+                named
+                    .into_iter()
+                    .filter(|(_, id)| e.orders.contains(id))
+                    .map(|(message_id, _)| message_id),
+            );
+            return finish(failed, report);
+        }
+        (response, report)
     }
 }
 

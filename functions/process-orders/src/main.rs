@@ -1,5 +1,6 @@
 use aws_lambda_events::event::sqs::SqsEvent;
-use flash_aws::{Config, DynamoStore};
+use flash_aws::config::payment_timeouts_queue_url;
+use flash_aws::{Config, DynamoStore, SqsTimeouts};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use process_orders::ProcessOrders;
 
@@ -11,8 +12,10 @@ async fn main() -> Result<(), Error> {
     let handler = &ProcessOrders {
         store: DynamoStore::from_config(&sdk, &config.table_name),
     };
+    let timeouts = &SqsTimeouts::from_config(&sdk, payment_timeouts_queue_url()?);
     run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handler.handle(event.payload).await)
+        let (response, _) = handler.process_and_schedule(timeouts, event.payload).await;
+        Ok::<_, Error>(response)
     }))
     .await
 }

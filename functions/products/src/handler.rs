@@ -1,8 +1,10 @@
-//! `PUT /products/{sku}` (admin: create, or add stock and update settings) and
-//! `GET /products/{sku}` (anyone signed in: what is left).
+//! `PUT /products/{sku}` (admin: create, or add stock and update settings; rate-limited per
+//! caller like every write route) and `GET /products/{sku}` (anyone signed in: what is left).
 
-use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
+use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError, Caller};
+use flash_domain::clock::now_ms;
 use flash_domain::ports::{PortError, Store};
+use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{ProductSpec, Sku};
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
@@ -25,7 +27,7 @@ impl<S: Store> Products<S> {
                 self.get(&sku, 200).await
             }
             Method::PUT if !caller.admin => Err(ApiError::Forbidden),
-            Method::PUT => self.put(Sku::parse(sku)?, req).await,
+            Method::PUT => self.put(&caller, Sku::parse(sku)?, req).await,
             _ => Err(ApiError::NotFound("route")),
         }
     }
@@ -46,10 +48,20 @@ impl<S: Store> Products<S> {
         Ok(json(status, &product.view(available)))
     }
 
-    async fn put(&self, sku: Sku, req: &Request) -> Result<Response<Body>, ApiError> {
+    async fn put(
+        &self,
+        caller: &Caller,
+        sku: Sku,
+        req: &Request,
+    ) -> Result<Response<Body>, ApiError> {
         let spec: ProductSpec =
             json_body(req)?.ok_or_else(|| ApiError::invalid("a JSON body is required"))?;
         let (mut product, stock) = spec.into_product(sku.clone())?;
+        if let Err(wait) = self.store.take_token(&caller.user, now_ms()).await? {
+            return Err(ApiError::RateLimited {
+                retry_after_s: retry_after_secs(wait),
+            });
+        }
         // Two attempts cover a concurrent create of the same SKU: the loser adds its stock.
         for _ in 0..2 {
             match self.store.get_product(&sku).await? {

@@ -16,12 +16,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const FUNCTIONS: [&str; 5] = [
+pub const FUNCTIONS: [&str; 7] = [
     "place-order",
     "process-orders",
     "get-order",
     "advance-order",
     "products",
+    "expire-orders",
+    "reconcile",
 ];
 const FIRST_REQUEST: &str = "GET /2018-06-01/runtime/invocation/next";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +127,10 @@ fn lambda_env(function: &str, runtime_api: &str) -> Vec<(&'static str, String)> 
         (
             "ORDERS_QUEUE_URL",
             "http://127.0.0.1:9/000000000000/OrdersQueue".into(),
+        ),
+        (
+            "PAYMENT_TIMEOUTS_QUEUE_URL",
+            "http://127.0.0.1:9/000000000000/PaymentTimeoutsQueue".into(),
         ),
     ]
 }

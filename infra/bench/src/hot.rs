@@ -3,7 +3,9 @@
 //! attributes, that the pipeline writes, so the work per order is comparable), and the check
 //! that ends each of their runs.
 
-use crate::sale::{per_unit, round3, Decision, DesignReport, Details, Outcomes, Run, Sale};
+use crate::sale::{
+    per_unit, round3, run_buyers, Decision, Design, DesignReport, Details, Outcomes, Run, Sale,
+};
 use aws_sdk_dynamodb::config::retry::RetryPartition;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
@@ -13,6 +15,7 @@ use flash_domain::clock::now_ms;
 use flash_domain::{IdempotencyKey, OrderId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -248,7 +251,25 @@ pub fn order_record(sku: &str, buyer: usize, now: i64) -> Item {
 /// The check after a simple design's run: what buyers were told, what the records say and
 /// what the stock item holds must agree, and nothing may be oversold. Stock left while a buyer
 /// was refused is stranded.
-pub async fn report(
+/// A design that sells from the one stock item inside the API call.
+pub trait HotDesign: Design {
+    fn hot(&self) -> &Hot;
+}
+
+/// Seeds the stock item, runs every buyer through `design` and checks the outcome.
+pub async fn run_design<D: HotDesign>(
+    design: Arc<D>,
+    sale: &Sale,
+    model: &CapacityModel,
+) -> anyhow::Result<(DesignReport, Details)> {
+    design.hot().seed(sale.stock).await?;
+    let before = model.stats();
+    let run = Run::start();
+    let outcomes = run_buyers(design.clone(), sale, &run).await;
+    report(design.hot(), sale, &run, &outcomes, model, before).await
+}
+
+async fn report(
     hot: &Hot,
     sale: &Sale,
     run: &Run,

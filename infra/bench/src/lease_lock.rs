@@ -5,10 +5,8 @@
 //! polling with the put itself would spend the lease item's write budget on failed writes and
 //! starve the holder's release.
 
-use crate::hot::{self, classify, n, s, Call, Hot};
-use crate::sale::{
-    backoff, run_buyers, Answer, Decision, Design, DesignReport, Details, Run, Sale,
-};
+use crate::hot::{self, classify, n, s, Call, Hot, HotDesign};
+use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use flash_aws::capacity::CapacityModel;
 use flash_domain::clock::now_ms;
@@ -150,6 +148,12 @@ impl LeaseLock {
 
 impl Design for LeaseLock {
     async fn buy(&self, _worker: usize, buyer: usize, run: &Run) -> Answer {
+        // No lock needed to see that nothing is left.
+        match self.hot.read_stock().await {
+            Ok((available, _)) if available < 1 => return Answer::Decided(Decision::SoldOut),
+            Ok(_) => {}
+            Err(code) => return Answer::Unavailable(code),
+        }
         let owner = format!("buyer-{buyer}-{:08x}", rand::random::<u32>());
         let deadline = Instant::now() + LOCK_WAIT;
         let mut polls = 0;
@@ -170,6 +174,12 @@ impl Design for LeaseLock {
     }
 }
 
+impl HotDesign for LeaseLock {
+    fn hot(&self) -> &Hot {
+        &self.hot
+    }
+}
+
 pub async fn run(
     sale: &Sale,
     model: &CapacityModel,
@@ -184,19 +194,13 @@ pub async fn run(
             .retry_config(RetryConfig::disabled())
             .build(),
     );
-    let hot = Hot::new(client, table, sku);
-    hot.seed(sale.stock).await?;
-    let before = model.stats();
     let design = Arc::new(LeaseLock {
-        hot,
+        hot: Hot::new(client, table, sku),
         lease_client,
         lease_writes: AtomicU64::new(0),
         releases_lost: AtomicU64::new(0),
     });
-    let run = Run::start();
-    let outcomes = run_buyers(design.clone(), sale, &run).await;
-    let (report, mut details) =
-        hot::report(&design.hot, sale, &run, &outcomes, model, before).await?;
+    let (report, mut details) = hot::run_design(design.clone(), sale, model).await?;
     let lease_writes = design.lease_writes.load(Relaxed);
     details.notes.insert(
         "lease_item_writes_per_sold_unit".into(),

@@ -1,9 +1,10 @@
 //! `per_order`: one conditional decrement of the stock item per order (`available >= :q`), the
 //! atomic check-and-decrement a Redis Lua script gives, synchronous in the API call. Every
-//! order, sold or refused, writes the hot item once, so the item's write budget is the ceiling.
+//! order writes the hot item once until the sell-out, so the item's write budget is the ceiling.
+//! Like the other designs it reads the stock first and refuses without writing once it is gone.
 
-use crate::hot::{self, classify, n, Call, Hot};
-use crate::sale::{run_buyers, Answer, Decision, Design, DesignReport, Details, Run, Sale};
+use crate::hot::{self, classify, n, Call, Hot, HotDesign};
+use crate::sale::{Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use aws_sdk_dynamodb::types::ReturnValue;
 use flash_aws::capacity::CapacityModel;
 use std::sync::Arc;
@@ -14,6 +15,11 @@ pub struct PerOrder {
 
 impl Design for PerOrder {
     async fn buy(&self, _worker: usize, buyer: usize, run: &Run) -> Answer {
+        match self.hot.read_stock().await {
+            Ok((available, _)) if available < 1 => return Answer::Decided(Decision::SoldOut),
+            Ok(_) => {}
+            Err(code) => return Answer::Unavailable(code),
+        }
         let out = self
             .hot
             .client
@@ -48,6 +54,12 @@ impl Design for PerOrder {
     }
 }
 
+impl HotDesign for PerOrder {
+    fn hot(&self) -> &Hot {
+        &self.hot
+    }
+}
+
 pub async fn run(
     sale: &Sale,
     model: &CapacityModel,
@@ -55,10 +67,5 @@ pub async fn run(
     sku: String,
 ) -> anyhow::Result<(DesignReport, Details)> {
     let hot = Hot::new(hot::client(model, "per_order").await, table, sku);
-    hot.seed(sale.stock).await?;
-    let before = model.stats();
-    let design = Arc::new(PerOrder { hot });
-    let run = Run::start();
-    let outcomes = run_buyers(design.clone(), sale, &run).await;
-    hot::report(&design.hot, sale, &run, &outcomes, model, before).await
+    hot::run_design(Arc::new(PerOrder { hot }), sale, model).await
 }

@@ -175,7 +175,12 @@ pub async fn run(
         mapping.batching_window_s,
         mapping.max_concurrency,
     );
-    let function = SqsFunction::build("process-orders", &store)
+    // As deployed, process-orders also schedules each accepted order's payment timeout.
+    let timeouts = flash_aws::SqsTimeouts::from_config(
+        &stack.sdk,
+        flash_aws::config::payment_timeouts_queue_url()?,
+    );
+    let function = SqsFunction::build("process-orders", &store, &timeouts)
         .context("no local handler for process-orders")?;
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own, as in
     // the local gateway.
@@ -216,6 +221,7 @@ pub async fn run(
 
     let before = model.stats();
     let writes_before = store.stats().snapshot();
+    let cpu_before = CpuTimes::read(&stack.state);
     let run = Run::start();
     let done = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_stock(
@@ -235,6 +241,7 @@ pub async fn run(
         tokio::time::sleep(QUEUE_POLL).await;
     }
     done.store(true, Relaxed);
+    let cpu = CpuTimes::read(&stack.state).cores_since(&cpu_before, run.elapsed());
     let _ = watcher.await;
     let after = model.stats();
     let writes = store.stats().snapshot();
@@ -318,6 +325,7 @@ pub async fn run(
         json!(last_decision_ms.map(|t| round3((t - run_started_ms(&run)) as f64 / 1000.0))),
     );
     notes.insert("dlq_messages".into(), json!(dlq));
+    notes.insert("cpu_cores_used".into(), json!(cpu));
     let details = Details {
         sku,
         sold,
@@ -348,6 +356,53 @@ async fn watch_stock(store: DynamoStore, sku: Sku, run: Arc<Run>, done: Arc<Atom
             }
         }
         tokio::time::sleep(STOCK_POLL).await;
+    }
+}
+
+/// CPU time (user + system) of this process, which runs the functions and the buyers, and of
+/// the emulators, read from `/proc`: where the pipeline's time goes on this machine.
+struct CpuTimes(Vec<(&'static str, Option<u64>)>);
+
+impl CpuTimes {
+    /// `/proc` counts in USER_HZ, 100 a second on Linux.
+    const TICKS_PER_S: f64 = 100.0;
+
+    fn read(state: &std::path::Path) -> Self {
+        let pid = |name: &str| {
+            std::fs::read_to_string(state.join("pids").join(format!("{name}.pid")))
+                .ok()
+                .map(|p| p.trim().to_owned())
+        };
+        Self(vec![
+            ("bench_and_functions", Self::ticks("self")),
+            (
+                "dynamodb_local",
+                pid("dynamodb").and_then(|p| Self::ticks(&p)),
+            ),
+            ("fauxqs", pid("fauxqs").and_then(|p| Self::ticks(&p))),
+        ])
+    }
+
+    fn ticks(pid: &str) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
+    /// Cores each process kept busy on average over `wall`.
+    fn cores_since(&self, before: &Self, wall: Duration) -> serde_json::Map<String, Value> {
+        self.0
+            .iter()
+            .zip(&before.0)
+            .map(|((name, now), (_, then))| {
+                let cores = now.zip(*then).map(|(n, t)| {
+                    round3(n.saturating_sub(t) as f64 / Self::TICKS_PER_S / wall.as_secs_f64())
+                });
+                ((*name).to_owned(), json!(cores))
+            })
+            .collect()
     }
 }
 

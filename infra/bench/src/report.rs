@@ -176,16 +176,26 @@ impl Results {
                 }
             );
         }
-        if let Some((r, d)) = self.designs.get("per_order").filter(|_| self.model) {
-            let writes_per_order = d.stock_item_writes as f64 / self.sale.buyers as f64;
-            let bound = self.budget / writes_per_order.max(f64::EPSILON);
+        if let Some((_, d)) = self.designs.get("pipeline") {
             let _ = writeln!(
                 t,
-                "\nper_order bound: {} WCU/s per item ÷ {writes_per_order:.3} stock-item writes per \
-                 order = {bound:.0} orders/s; measured {} orders/s ({}% of the bound), {} throttles",
+                "  pipeline: {}",
+                serde_json::to_string(&d.notes).unwrap_or_default()
+            );
+        }
+        if let Some((r, d)) = self.designs.get("per_order").filter(|_| self.model) {
+            // Until the sell-out every order writes the stock item once.
+            let writes_per_unit = d.stock_item_writes as f64 / d.sold.max(1) as f64;
+            let bound = self.budget / writes_per_unit.max(f64::EPSILON);
+            let rate = r.sellout_s.map(|s| d.sold as f64 / s);
+            let _ = writeln!(
+                t,
+                "\nper_order bound: {} WCU/s per item ÷ {writes_per_unit:.3} stock-item writes per \
+                 unit = {bound:.0} units/s; measured {} units/s to the sell-out ({}% of the \
+                 bound), {} throttles",
                 self.budget,
-                opt(r.orders_per_s, 0),
-                opt(r.orders_per_s.map(|o| o / bound * 100.0), 0),
+                opt(rate, 0),
+                opt(rate.map(|o| o / bound * 100.0), 0),
                 r.throttles
             );
         }

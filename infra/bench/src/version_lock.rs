@@ -3,10 +3,8 @@
 //! 3 retries with backoff, all inside the API call. A buyer who loses four races is refused,
 //! even while stock is left.
 
-use crate::hot::{self, classify, n, Call, Hot};
-use crate::sale::{
-    backoff, run_buyers, Answer, Decision, Design, DesignReport, Details, Run, Sale,
-};
+use crate::hot::{self, classify, n, Call, Hot, HotDesign};
+use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use flash_aws::capacity::CapacityModel;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +61,12 @@ impl Design for VersionLock {
     }
 }
 
+impl HotDesign for VersionLock {
+    fn hot(&self) -> &Hot {
+        &self.hot
+    }
+}
+
 pub async fn run(
     sale: &Sale,
     model: &CapacityModel,
@@ -70,10 +74,5 @@ pub async fn run(
     sku: String,
 ) -> anyhow::Result<(DesignReport, Details)> {
     let hot = Hot::new(hot::client(model, "version_lock").await, table, sku);
-    hot.seed(sale.stock).await?;
-    let before = model.stats();
-    let design = Arc::new(VersionLock { hot });
-    let run = Run::start();
-    let outcomes = run_buyers(design.clone(), sale, &run).await;
-    hot::report(&design.hot, sale, &run, &outcomes, model, before).await
+    hot::run_design(Arc::new(VersionLock { hot }), sale, model).await
 }

@@ -244,10 +244,9 @@ impl EventSource {
         record
     }
 
-    /// Deletes in batches of ten; returns how many were deleted.
+    /// Deletes in batches of ten, all at once; returns how many were deleted.
     async fn delete(&self, messages: &[&Message]) -> usize {
-        let mut deleted = 0;
-        for chunk in messages.chunks(RECEIVE_MAX) {
+        let calls = messages.chunks(RECEIVE_MAX).map(|chunk| {
             let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
                 .iter()
                 .enumerate()
@@ -259,13 +258,14 @@ impl EventSource {
                         .ok()
                 })
                 .collect();
-            let result = self
-                .client
+            self.client
                 .delete_message_batch()
                 .queue_url(&self.mapping.queue_url)
                 .set_entries(Some(entries))
                 .send()
-                .await;
+        });
+        let mut deleted = 0;
+        for result in futures::future::join_all(calls).await {
             match result {
                 Ok(output) => {
                     deleted += output.successful().len();
@@ -359,7 +359,8 @@ mod tests {
             .build();
         let client = aws_sdk_sqs::Client::new(&sdk);
         let store = flash_aws::DynamoStore::from_config(&sdk, "OrdersTable");
-        let function = SqsFunction::build("process-orders", &store).unwrap();
+        let timeouts = flash_aws::SqsTimeouts::from_config(&sdk, "http://127.0.0.1:1/q");
+        let function = SqsFunction::build("process-orders", &store, &timeouts).unwrap();
         EventSource::new(mapping(), client, Arc::new(function), "eu-west-1")
     }
 

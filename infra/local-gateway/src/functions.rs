@@ -4,7 +4,8 @@
 
 use advance_order::AdvanceOrder;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use flash_aws::{DynamoStore, SqsQueue};
+use expire_orders::ExpireOrders;
+use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use get_order::GetOrder;
 use lambda_http::{Body, Request, Response};
 use place_order::PlaceOrder;
@@ -13,7 +14,7 @@ use products::Products;
 
 /// A function behind an HTTP API route.
 pub enum HttpFunction {
-    PlaceOrder(PlaceOrder<DynamoStore, SqsQueue>),
+    PlaceOrder(Box<PlaceOrder<DynamoStore, SqsQueue>>),
     GetOrder(GetOrder<DynamoStore>),
     AdvanceOrder(AdvanceOrder<DynamoStore>),
     Products(Products<DynamoStore>),
@@ -24,7 +25,7 @@ impl HttpFunction {
     pub fn build(binary: &str, store: &DynamoStore, queue: &SqsQueue) -> Option<Self> {
         let store = store.clone();
         Some(match binary {
-            "place-order" => Self::PlaceOrder(PlaceOrder::new(store, queue.clone())),
+            "place-order" => Self::PlaceOrder(Box::new(PlaceOrder::new(store, queue.clone()))),
             "get-order" => Self::GetOrder(GetOrder { store }),
             "advance-order" => Self::AdvanceOrder(AdvanceOrder { store }),
             "products" => Self::Products(Products { store }),
@@ -44,14 +45,23 @@ impl HttpFunction {
 
 /// A function behind an SQS event source mapping.
 pub enum SqsFunction {
-    ProcessOrders(ProcessOrders<DynamoStore>),
+    /// With the payment-timeouts queue it schedules on, as its `main.rs` runs it.
+    ProcessOrders(ProcessOrders<DynamoStore>, SqsTimeouts),
+    ExpireOrders(ExpireOrders<DynamoStore, SqsTimeouts>),
 }
 
 impl SqsFunction {
-    pub fn build(binary: &str, store: &DynamoStore) -> Option<Self> {
+    pub fn build(binary: &str, store: &DynamoStore, timeouts: &SqsTimeouts) -> Option<Self> {
         match binary {
-            "process-orders" => Some(Self::ProcessOrders(ProcessOrders {
+            "process-orders" => Some(Self::ProcessOrders(
+                ProcessOrders {
+                    store: store.clone(),
+                },
+                timeouts.clone(),
+            )),
+            "expire-orders" => Some(Self::ExpireOrders(ExpireOrders {
                 store: store.clone(),
+                timeouts: timeouts.clone(),
             })),
             _ => None,
         }
@@ -60,10 +70,12 @@ impl SqsFunction {
     /// The function's answer, and what the batch did for the log.
     pub async fn invoke(&self, event: SqsEvent) -> (SqsBatchResponse, Option<BatchReport>) {
         match self {
-            Self::ProcessOrders(f) => {
-                let (response, report) = f.process(event).await;
+            Self::ProcessOrders(f, timeouts) => {
+                let (response, report) = f.process_and_schedule(timeouts, event).await;
                 (response, Some(report))
             }
+            // It logs what it did itself; the batch line counts messages and failures.
+            Self::ExpireOrders(f) => (f.process(event).await.0, None),
         }
     }
 }

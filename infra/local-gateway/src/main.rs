@@ -2,7 +2,7 @@
 //! `infra/stack.py up`. `local-gateway token`: a bearer token that gateway accepts.
 
 use anyhow::{bail, Context, Result};
-use flash_aws::{DynamoStore, SqsQueue};
+use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use local_gateway::config::{read_stack_env, GatewayConfig};
 use local_gateway::event_source::{EventSource, LONG_POLL_S};
 use local_gateway::functions::{HttpFunction, SqsFunction};
@@ -130,6 +130,7 @@ async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
     let sdk = flash_aws::config::sdk_config().await;
     let store = DynamoStore::from_config(&sdk, &app.table_name);
     let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
+    let timeouts = SqsTimeouts::from_config(&sdk, flash_aws::config::payment_timeouts_queue_url()?);
 
     let mut functions = HashMap::new();
     for route in &config.routes {
@@ -161,12 +162,13 @@ async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
     );
     let mut sources = Vec::new();
     for mapping in &config.event_source_mappings {
-        let function = SqsFunction::build(&mapping.binary, &store).with_context(|| {
-            format!(
-                "no local handler for {} (binary {})",
-                mapping.function, mapping.binary
-            )
-        })?;
+        let function =
+            SqsFunction::build(&mapping.binary, &store, &timeouts).with_context(|| {
+                format!(
+                    "no local handler for {} (binary {})",
+                    mapping.function, mapping.binary
+                )
+            })?;
         let source = EventSource::new(
             mapping.clone(),
             poller_client.clone(),

@@ -1,0 +1,228 @@
+//! The payment-timeouts consumer. Each message names an order `process-orders` accepted; it
+//! arrives when the order's payment window should have closed. The order is read back and,
+//! if it is still `pending` past its deadline, canceled with reason `payment_timeout` and its
+//! units returned, in one conditional write (see `flash_domain::expiry`). An order paid or
+//! canceled meanwhile is left alone; one whose deadline is still ahead (a window longer than
+//! SQS's 15-minute delay) gets its message sent again with what remains.
+//!
+//! A message that is not a timeout, names no order, or whose order cannot be expired is
+//! reported failed alone, so SQS retries it and finally moves it to the DLQ; the rest of the
+//! batch still succeeds.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use flash_domain::clock::{now_ms, Millis};
+use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};
+use flash_domain::ports::{PortError, PortResult, Store};
+use flash_domain::{Order, OrderId, Sku};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+/// Tries of one timeout that lost to concurrent transactions on the same stock shard (other
+/// timeouts, cancels, the processor) before its record is handed back to the queue.
+const CONTENTION_ATTEMPTS: u32 = 4;
+/// The wait after the first lost try, doubling after each ("full jitter" below it).
+const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
+
+/// What one batch did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// Orders this batch canceled, their stock returned.
+    pub expired: usize,
+    /// Orders already paid or canceled: nothing to do.
+    pub settled: usize,
+    /// Orders whose deadline is still ahead, scheduled again.
+    pub rescheduled: usize,
+    pub failed: usize,
+}
+
+pub struct ExpireOrders<S, T> {
+    pub store: S,
+    pub timeouts: T,
+}
+
+/// Where one order's timeout ended.
+enum Outcome {
+    Expired(Order),
+    Settled,
+    NotYet(PaymentDue),
+    Failed(&'static str),
+}
+
+impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.process(event).await.0
+    }
+
+    pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, ExpiryReport) {
+        let mut report = ExpiryReport::default();
+        let mut failed: Vec<String> = Vec::new();
+        // order id → the records that named it (duplicates are normal: at-least-once, and
+        // `process-orders` schedules again on every redelivery).
+        let mut carriers: HashMap<OrderId, Vec<String>> = HashMap::new();
+        for record in event.records {
+            let Some(message_id) = record.message_id else {
+                continue;
+            };
+            match record
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<TimeoutMessage>)
+            {
+                Some(Ok(m)) => carriers.entry(m.order_id).or_default().push(message_id),
+                _ => {
+                    tracing::warn!(message_id, "message is not a payment timeout");
+                    failed.push(message_id);
+                }
+            }
+        }
+        if carriers.is_empty() {
+            return finish(failed, report);
+        }
+        let ids: Vec<OrderId> = carriers.keys().cloned().collect();
+        let orders = match self.store.get_orders(&ids).await {
+            Ok(orders) => orders,
+            Err(e) => {
+                tracing::error!(error = %e, "reading orders failed");
+                failed.extend(carriers.into_values().flatten());
+                return finish(failed, report);
+            }
+        };
+        let found: HashSet<&OrderId> = orders.iter().map(|o| &o.id).collect();
+        for id in &ids {
+            if !found.contains(id) {
+                tracing::warn!(order_id = %id, "timeout names no stored order");
+                failed.extend(carriers.remove(id).unwrap_or_default());
+            }
+        }
+        let mut by_product: BTreeMap<Sku, Vec<Order>> = BTreeMap::new();
+        for o in orders {
+            by_product.entry(o.sku.clone()).or_default().push(o);
+        }
+
+        let now = now_ms();
+        // Products in parallel; one product's orders one after another, since each return
+        // of stock writes one of its few shard items and concurrent transactions on one item
+        // fail each other.
+        let groups = by_product.into_values().map(|group| async move {
+            let mut outcomes = Vec::with_capacity(group.len());
+            for order in group {
+                let id = order.id.clone();
+                outcomes.push((id, self.expire_one(order, now).await));
+            }
+            outcomes
+        });
+        let outcomes = futures::future::join_all(groups).await;
+
+        let mut again = Vec::new();
+        for (id, outcome) in outcomes.into_iter().flatten() {
+            match outcome {
+                Outcome::Expired(o) => {
+                    report.expired += 1;
+                    tracing::info!(
+                        order_id = %o.id,
+                        sku = %o.sku,
+                        units = o.quantity.get(),
+                        "payment window closed: order canceled, stock returned"
+                    );
+                }
+                Outcome::Settled => report.settled += 1,
+                Outcome::NotYet(d) => again.push(d),
+                Outcome::Failed(why) => {
+                    tracing::warn!(order_id = %id, why, "timeout not applied; will be retried");
+                    failed.extend(carriers.remove(&id).unwrap_or_default());
+                }
+            }
+        }
+        if !again.is_empty() {
+            // Its message came early (the window is longer than SQS's longest delay): send it
+            // again for what remains, and let this one go only once that is sent.
+            match self.timeouts.schedule_timeouts(&again, now).await {
+                Ok(()) => report.rescheduled += again.len(),
+                Err(e) => {
+                    tracing::error!(error = %e.cause, orders = e.orders.len(), "re-scheduling failed");
+                    report.rescheduled += again.len().saturating_sub(e.orders.len());
+                    for id in &e.orders {
+                        failed.extend(carriers.remove(id).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            expired = report.expired,
+            settled = report.settled,
+            rescheduled = report.rescheduled,
+            failed = failed.len(),
+            "payment timeouts processed"
+        );
+        finish(failed, report)
+    }
+
+    async fn expire_one(&self, order: Order, now: Millis) -> Outcome {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_expire(order.clone(), now).await {
+                Err(PortError::Contention) if attempt < CONTENTION_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(order_id = %order.id, error = %e, "applying the timeout failed");
+                    return Outcome::Failed("store unavailable");
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+    }
+
+    async fn try_expire(&self, order: Order, now: Millis) -> PortResult<Outcome> {
+        Ok(match expire(&self.store, order, now).await? {
+            Expiry::Expired(o) => Outcome::Expired(o),
+            Expiry::Settled(_) => Outcome::Settled,
+            Expiry::NotYet(d) => Outcome::NotYet(d),
+            Expiry::Missing => Outcome::Failed("order vanished"),
+            // A pending order without a deadline is damaged: keep its message (the DLQ) for
+            // someone to look at rather than guess.
+            Expiry::NoDeadline => Outcome::Failed("pending order has no expires_at"),
+        })
+    }
+}
+
+/// Uniform in [0, base·2ⁿ⁻¹]: the timeouts that collided on a shard do not collide again.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = CONTENTION_BACKOFF.saturating_mul(1 << attempt.saturating_sub(1).min(8));
+    let random = RandomState::new().hash_one(attempt);
+    ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+fn finish(mut failed: Vec<String>, mut report: ExpiryReport) -> (SqsBatchResponse, ExpiryReport) {
+    failed.sort();
+    failed.dedup();
+    report.failed = failed.len();
+    let mut resp = SqsBatchResponse::default();
+    resp.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    (resp, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_stays_under_its_doubling_ceiling() {
+        for attempt in 1..=6 {
+            let ceiling = CONTENTION_BACKOFF * (1 << (attempt - 1));
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= ceiling);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+use flash_aws::{Config, DynamoStore};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use reconcile::Reconcile;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    flash_aws::telemetry::init();
+    let config = Config::from_env(false)?;
+    let sdk = flash_aws::config::sdk_config().await;
+    let handler = &Reconcile::new(DynamoStore::from_config(&sdk, &config.table_name));
+    // The EventBridge schedule's event carries nothing the reconciler needs.
+    run(service_fn(|_: LambdaEvent<serde_json::Value>| async move {
+        handler.handle().await.map_err(Error::from)
+    }))
+    .await
+}
