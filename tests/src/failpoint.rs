@@ -408,6 +408,11 @@ impl<Q: Queue> Queue for Faulty<Q> {
     async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
         self.step("send", self.inner.send(msg)).await
     }
+
+    async fn send_later(&self, msg: &OrderMessage, delay: Duration) -> PortResult<()> {
+        self.step("send_later", self.inner.send_later(msg, delay))
+            .await
+    }
 }
 
 impl<T: PaymentTimeouts> PaymentTimeouts for Faulty<T> {

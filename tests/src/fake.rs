@@ -581,6 +581,8 @@ impl Store for FakeStore {
 #[derive(Default)]
 struct QueueInner {
     sent: Mutex<Vec<OrderMessage>>,
+    /// Sent with a delay, with it: not delivered until a test takes them.
+    later: Mutex<Vec<(OrderMessage, Duration)>>,
     faults: Faults,
     calls: AtomicUsize,
 }
@@ -635,6 +637,22 @@ impl FakeQueue {
     fn messages(&self) -> MutexGuard<'_, Vec<OrderMessage>> {
         self.inner.sent.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Removes and returns what was sent with a delay, with the delay, as if it had passed.
+    pub fn take_later(&self) -> Vec<(OrderMessage, Duration)> {
+        std::mem::take(&mut *self.inner.later.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The next `n` calls of `op` (`send` or `send_later`) fail; other sends still work.
+    pub fn fail_on(&self, op: &'static str, n: usize) {
+        let mut by_op = self
+            .inner
+            .faults
+            .by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        by_op.insert(op, n);
+    }
 }
 
 /// The SQS body `place-order` sends for `m`.
@@ -647,6 +665,14 @@ impl Queue for FakeQueue {
         self.inner.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.faults.check("send")?;
         self.messages().push(msg.clone());
+        Ok(())
+    }
+
+    async fn send_later(&self, msg: &OrderMessage, delay: Duration) -> PortResult<()> {
+        self.inner.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.faults.check("send_later")?;
+        let mut later = self.inner.later.lock().unwrap_or_else(|e| e.into_inner());
+        later.push((msg.clone(), delay));
         Ok(())
     }
 }

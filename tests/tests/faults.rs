@@ -853,17 +853,13 @@ impl World {
 
     /// A message the processor must fail alone: its id.
     fn poison(&self, orders: &[OrderId]) -> String {
-        let kind = self.rng().random_range(0..5);
+        // (A message naming no order at all is not poison: it is the re-drive copy of an order
+        // never written, and the processor drops it.)
+        let kind = self.rng().random_range(0..4);
         let body = match kind {
             0 => "{not json".to_owned(),
             1 => json!({"hello": "world"}).to_string(),
-            2 => message_body(&OrderMessage {
-                order_id: order_id("nobody", "never-placed"),
-                sku: self.sku.clone(),
-                quantity: Quantity::new(1).expect("1 is a quantity"),
-                user_id: user("nobody"),
-            }),
-            3 => {
+            2 => {
                 // Names a real order but not what it holds: forged.
                 let o = self.order(&orders[self.rng().random_range(0..orders.len())]);
                 message_body(&OrderMessage {
@@ -2079,15 +2075,7 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
         .values()
         .take(3)
         .enumerate()
-        .map(|(n, o)| {
-            let m = OrderMessage {
-                order_id: o.id.clone(),
-                sku: o.sku.clone(),
-                quantity: o.quantity,
-                user_id: o.owner.clone(),
-            };
-            (format!("late-{n}"), message_body(&m))
-        })
+        .map(|(n, o)| (format!("late-{n}"), message_body(&OrderMessage::of(o))))
         .chain(dead.iter().map(|m| {
             (
                 m.message_id.clone().unwrap_or_default(),

@@ -13,7 +13,7 @@ use flash_tests::fake::{message_body, FakeQueue, FakeStore};
 use flash_tests::fixtures::{sqs_event, Req};
 use get_order::GetOrder;
 use lambda_http::{Body, Response};
-use place_order::PlaceOrder;
+use place_order::{PlaceOrder, REDRIVE_AFTER};
 use process_orders::{BatchReport, ProcessOrders};
 use products::Products;
 use serde_json::{json, Value};
@@ -278,7 +278,7 @@ async fn the_get_order_and_advance_order_fixtures_name_no_order_on_an_empty_stor
 }
 
 #[tokio::test]
-async fn the_process_orders_fixture_reports_every_message_failed_when_no_such_orders_exist() {
+async fn the_process_orders_fixture_names_no_stored_order_and_is_dropped_without_a_write() {
     // GIVEN a table holding SKU-1 but none of the fixture's orders
     let env = Env::with_product(r#"{"name":"Hot phone","stock":100}"#).await;
     let before = env.store.snapshot();
@@ -289,17 +289,10 @@ async fn the_process_orders_fixture_reports_every_message_failed_when_no_such_or
                 .expect("an SQS event"),
         )
         .await;
-    // THEN each of its three messages is reported failed (SQS retries, then the DLQ) and
-    // nothing is decided
-    assert_eq!(
-        failed,
-        vec![
-            "4f6a1c2e-8b3d-4e5f-9a7b-0c1d2e3f4a01",
-            "4f6a1c2e-8b3d-4e5f-9a7b-0c1d2e3f4a02",
-            "4f6a1c2e-8b3d-4e5f-9a7b-0c1d2e3f4a03",
-        ]
-    );
-    assert_eq!((report.accepted, report.rejected, report.failed), (0, 0, 3));
+    // THEN its three messages are dropped as re-drive copies of orders never written: none
+    // fails (none would reach the DLQ) and nothing is decided
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!((report.accepted, report.rejected, report.failed), (0, 0, 0));
     assert_eq!(env.store.snapshot(), before);
 }
 
@@ -768,9 +761,9 @@ async fn a_store_outage_answers_503_with_retry_after_and_writes_nothing() {
 #[tokio::test]
 async fn a_queue_outage_after_the_write_answers_503_and_a_retry_with_the_same_key_enqueues_the_order(
 ) {
-    // GIVEN SKU-1 on sale and a queue that fails once
+    // GIVEN SKU-1 on sale and a queue whose send after the write fails once
     let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
-    env.queue.fail(1);
+    env.queue.fail_on("send", 1);
     // WHEN alice orders
     let r = env.place(Req::place_order("alice", "k-1", ONE)).await;
     // THEN she is told to retry, and her order waits queued (the write came first)
@@ -792,6 +785,51 @@ async fn a_queue_outage_after_the_write_answers_503_and_a_retry_with_the_same_ke
     assert!(failed.is_empty());
     assert_eq!(report.accepted, 1);
     assert_eq!(env.status(&id), OrderStatus::Pending);
+}
+
+#[tokio::test]
+async fn an_order_whose_send_failed_and_was_never_retried_is_decided_by_its_re_drive_copy() {
+    // GIVEN alice's order written but not enqueued (the send after the write failed), and
+    // alice never retries
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+    env.queue.fail_on("send", 1);
+    let r = env.place(Req::place_order("alice", "k-1", ONE)).await;
+    assert_error(&r, 503, "unavailable");
+    let id = id_for("alice", "k-1");
+    assert_eq!(env.status(&id), OrderStatus::Queued);
+    // WHEN the copy sent before the write arrives, fifteen minutes later
+    let later = env.queue.take_later();
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        (later[0].0.order_id.clone(), later[0].1),
+        (id.clone(), REDRIVE_AFTER)
+    );
+    let (failed, report) = env
+        .process(sqs_event(&[("copy".into(), message_body(&later[0].0))]))
+        .await;
+    // THEN it decides the order
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(report.accepted, 1);
+    assert_eq!(env.status(&id), OrderStatus::Pending);
+}
+
+#[tokio::test]
+async fn when_the_re_drive_copy_cannot_be_sent_nothing_is_written() {
+    // GIVEN SKU-1 on sale and a queue that refuses the delayed copy once
+    let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
+    env.queue.fail_on("send_later", 1);
+    let before = env.store.snapshot();
+    // WHEN alice orders
+    let r = env.place(Req::place_order("alice", "k-1", ONE)).await;
+    // THEN she is told to retry and no order exists that nothing would re-drive
+    assert_error(&r, 503, "unavailable");
+    assert_eq!(env.store.snapshot(), before);
+    assert!(env.queue.sent().is_empty());
+    // AND her retry goes through
+    assert_eq!(
+        env.place_ok("alice", "k-1", 1).await,
+        id_for("alice", "k-1")
+    );
 }
 
 // --- PUT and GET /products/{sku} -----------------------------------------------------------
@@ -2052,8 +2090,7 @@ mod breaker {
 
     #[tokio::test(start_paused = true)]
     async fn an_sqs_breaker_opened_by_throttled_sends_sheds_orders_before_any_write() {
-        // GIVEN SQS throttling: three orders are written but not enqueued (503; a retry with
-        // the same key enqueues them)
+        // GIVEN SQS throttling: three orders refused with 503, written or not
         let env = Env::with_product(r#"{"name":"Hot phone","stock":10}"#).await;
         let h = handler(&env);
         env.queue.throttle(3);
@@ -2068,7 +2105,7 @@ mod breaker {
         // THEN it is refused at once: no DynamoDB write is left waiting for a queue
         assert_error(&r, 503, "unavailable");
         assert_eq!((env.store.snapshot(), env.store.calls()), (before, calls));
-        // AND after the cool-down a replay of a written order is the probe that enqueues it
+        // AND after the cool-down the first caller's retry is the probe that enqueues it
         tokio::time::advance(COOL_DOWN).await;
         let replay = place(&h, "k-0").await;
         assert_eq!(replay.status, 202, "body: {}", replay.body);

@@ -2,6 +2,7 @@
 //! through the same handler code the Lambdas run. Every scenario ends with the invariant
 //! checker reading the table.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::{OrderStatus, Reason};
 use flash_tests::audit::{audit, AuditAssertions};
@@ -185,6 +186,32 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     assert_eq!(a.units_held, 100);
     assert_eq!(a.rejected(Reason::SoldOut), 900);
     assert_eq!(a.available, 0);
+    // AND a rejected order expires (TTL) a week after its decision; a sold one never does
+    for status in [OrderStatus::Rejected, OrderStatus::Pending] {
+        let order = a.orders.iter().find(|o| o.status == status).expect("one");
+        let item = sale
+            .store
+            .client()
+            .get_item()
+            .table_name(sale.store.table())
+            .key("pk", AttributeValue::S(format!("ORDER#{}", order.id)))
+            .key("sk", AttributeValue::S("ORDER".into()))
+            .send()
+            .await
+            .expect("GetItem")
+            .item
+            .expect("the order");
+        let ttl = item
+            .get("ttl")
+            .and_then(|v| v.as_n().ok()?.parse::<i64>().ok());
+        match status {
+            OrderStatus::Rejected => {
+                let expected = order.updated_at / 1000 + flash_aws::dynamo::REJECTED_KEPT_S;
+                assert_eq!(ttl, Some(expected), "{item:?}");
+            }
+            _ => assert_eq!(ttl, None, "{item:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

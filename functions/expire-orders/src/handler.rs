@@ -9,14 +9,13 @@
 //! reported failed alone, so SQS retries it and finally moves it to the DLQ; the rest of the
 //! batch still succeeds.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_domain::backoff::jittered;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};
 use flash_domain::ports::{PortError, PortResult, Store};
 use flash_domain::{Order, OrderId, Sku};
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// Tries of one timeout that lost to concurrent transactions on the same stock shard (other
@@ -24,6 +23,7 @@ use std::time::Duration;
 const CONTENTION_ATTEMPTS: u32 = 4;
 /// The wait after the first lost try, doubling after each ("full jitter" below it).
 const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
+const CONTENTION_BACKOFF_CAP: Duration = Duration::from_millis(320);
 
 /// What one batch did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -165,7 +165,12 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
             attempt += 1;
             match self.try_expire(order.clone(), now).await {
                 Err(PortError::Contention) if attempt < CONTENTION_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(jittered(
+                        CONTENTION_BACKOFF,
+                        CONTENTION_BACKOFF_CAP,
+                        attempt,
+                    ))
+                    .await;
                 }
                 Err(e) => {
                     tracing::error!(order_id = %order.id, error = %e, "applying the timeout failed");
@@ -189,40 +194,8 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
     }
 }
 
-/// Uniform in [0, base·2ⁿ⁻¹]: the timeouts that collided on a shard do not collide again.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = CONTENTION_BACKOFF.saturating_mul(1 << attempt.saturating_sub(1).min(8));
-    let random = RandomState::new().hash_one(attempt);
-    ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
-}
-
-fn finish(mut failed: Vec<String>, mut report: ExpiryReport) -> (SqsBatchResponse, ExpiryReport) {
-    failed.sort();
-    failed.dedup();
-    report.failed = failed.len();
-    let mut resp = SqsBatchResponse::default();
-    resp.batch_item_failures = failed
-        .into_iter()
-        .map(|id| {
-            let mut f = BatchItemFailure::default();
-            f.item_identifier = id;
-            f
-        })
-        .collect();
+fn finish(failed: Vec<String>, mut report: ExpiryReport) -> (SqsBatchResponse, ExpiryReport) {
+    let resp = flash_aws::sqs::batch_response(failed);
+    report.failed = resp.batch_item_failures.len();
     (resp, report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_backoff_stays_under_its_doubling_ceiling() {
-        for attempt in 1..=6 {
-            let ceiling = CONTENTION_BACKOFF * (1 << (attempt - 1));
-            for _ in 0..50 {
-                assert!(backoff(attempt) <= ceiling);
-            }
-        }
-    }
 }

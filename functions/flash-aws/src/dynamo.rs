@@ -6,7 +6,7 @@
 //! | stock shard     | `PRODUCT#{sku}`  | `SHARD#{nnn}`  | available |
 //! | buyer counter   | `PRODUCT#{sku}`  | `BUYER#{user}` | units |
 //! | admission count | `PRODUCT#{sku}`  | `ADMIT#{user}` | admitted |
-//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted |
+//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted, ttl (rejected only) |
 //! | rate bucket     | `RATE#{user}`    | `RATE`         | tat, ttl |
 //!
 //! Every change is a conditional write: the condition is the optimistic lock, and a failed
@@ -65,6 +65,17 @@ pub fn order_pk(id: &OrderId) -> String {
     format!("ORDER#{id}")
 }
 pub const ORDER_SK: &str = "ORDER";
+
+/// `queued → rejected`, and the order's expiry: a rejected order holds nothing, and after
+/// [`REJECTED_KEPT_S`] it need not answer replays of its key any more.
+const REJECT: &str = "SET #status = :rejected, reason = :reason, updated_at = :now, #ttl = :ttl";
+/// How long a rejected order stays (DynamoDB's TTL removes it after): a week, well past the
+/// 24 hours an Idempotency-Key must be honoured. Orders that hold or held stock stay.
+pub const REJECTED_KEPT_S: i64 = 7 * 24 * 3600;
+
+fn rejected_ttl(now: Millis) -> i64 {
+    now / 1000 + REJECTED_KEPT_S
+}
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -495,15 +506,15 @@ impl DynamoStore {
         let items = vec![
             build(
                 self.update(key(order_pk(&order.id), ORDER_SK))
-                    .update_expression(
-                        "SET #status = :rejected, reason = :reason, updated_at = :now",
-                    )
+                    .update_expression(REJECT)
                     .condition_expression("#status = :queued")
                     .expression_attribute_names("#status", "status")
+                    .expression_attribute_names("#ttl", "ttl")
                     .expression_attribute_values(":rejected", s("rejected"))
                     .expression_attribute_values(":queued", s("queued"))
                     .expression_attribute_values(":reason", s(reason.as_str()))
-                    .expression_attribute_values(":now", n(now)),
+                    .expression_attribute_values(":now", n(now))
+                    .expression_attribute_values(":ttl", n(rejected_ttl(now))),
             )?,
             build(self.give_back_admission(order))?,
         ];
@@ -957,13 +968,15 @@ impl Store for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(order_pk(id), ORDER_SK)))
-            .update_expression("SET #status = :rejected, reason = :reason, updated_at = :now")
+            .update_expression(REJECT)
             .condition_expression("#status = :queued AND attribute_not_exists(admitted)")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":rejected", s("rejected"))
             .expression_attribute_values(":queued", s("queued"))
             .expression_attribute_values(":reason", s(reason.as_str()))
             .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(rejected_ttl(now)))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()

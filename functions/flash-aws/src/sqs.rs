@@ -1,8 +1,10 @@
 //! The orders queue.
 
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use aws_sdk_sqs::Client;
 use flash_domain::ports::{PortError, PortResult, Queue};
 use flash_domain::OrderMessage;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct SqsQueue {
@@ -23,16 +25,48 @@ impl SqsQueue {
     }
 }
 
-impl Queue for SqsQueue {
-    async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
+/// The answer of an SQS-triggered function that reports partial batch failures: the records
+/// named in `failed` (each once) come back, the others are deleted.
+pub fn batch_response(mut failed: Vec<String>) -> SqsBatchResponse {
+    failed.sort();
+    failed.dedup();
+    let mut resp = SqsBatchResponse::default();
+    resp.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    resp
+}
+
+/// SQS's longest `DelaySeconds`.
+const MAX_DELAY_S: u64 = 900;
+
+impl SqsQueue {
+    async fn send_delayed(&self, msg: &OrderMessage, delay_s: u64) -> PortResult<()> {
         let body = serde_json::to_string(msg).map_err(|e| PortError::unavailable("encoding", e))?;
         self.client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
+            .delay_seconds(delay_s.min(MAX_DELAY_S) as i32)
             .send()
             .await
             .map_err(|e| crate::errors::port_error("sqs SendMessage", e))?;
         Ok(())
+    }
+}
+
+impl Queue for SqsQueue {
+    async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
+        self.send_delayed(msg, 0).await
+    }
+
+    async fn send_later(&self, msg: &OrderMessage, delay: Duration) -> PortResult<()> {
+        self.send_delayed(msg, delay.as_secs_f64().ceil() as u64)
+            .await
     }
 }

@@ -64,12 +64,39 @@ pub fn emf(
     record
 }
 
+/// Whether EMF lines are printed: inside Lambda (or an emulation of it, which sets
+/// `AWS_LAMBDA_FUNCTION_NAME`), where CloudWatch Logs reads them. The handlers also run
+/// in-process in tests, the local gateway and the benchmark, where they would only be noise.
+fn in_lambda() -> bool {
+    static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some())
+}
+
 /// Prints one EMF record (see [`emf`]) as a line of its own on stdout.
 pub fn metrics(metrics: &[(&str, f64, Unit)], dimensions: &[(&str, &str)]) {
-    println!(
-        "{}",
-        emf(metrics, dimensions, flash_domain::clock::now_ms())
-    );
+    if in_lambda() {
+        println!(
+            "{}",
+            emf(metrics, dimensions, flash_domain::clock::now_ms())
+        );
+    }
+}
+
+/// Prints one EMF record of `name` holding every value of `values` (CloudWatch takes up to
+/// 100 values a record, and computes percentiles over them).
+pub fn distribution(name: &str, values: &[f64], unit: Unit, dimensions: &[(&str, &str)]) {
+    if !in_lambda() {
+        return;
+    }
+    for chunk in values.chunks(100) {
+        let mut record = emf(
+            &[(name, 0.0, unit)],
+            dimensions,
+            flash_domain::clock::now_ms(),
+        );
+        record[name] = serde_json::Value::from(chunk.to_vec());
+        println!("{record}");
+    }
 }
 
 /// Prints one metric as an EMF record.

@@ -2,16 +2,15 @@
 //! learn from the values DynamoDB returned and plan again. This is "group commit": one write to
 //! a stock shard serves every order in the group.
 
+use crate::backoff::jittered;
 use crate::clock::Millis;
 use crate::ids::{OrderId, Sku};
 use crate::order::{Order, OrderStatus, Reason};
 use crate::plan::{plan, Candidate};
 use crate::ports::{Accepted, Commit, PortError, PortResult, ShardStock, Store};
 use crate::product::Product;
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// Attempts before the group is handed back to the queue for a later retry. Each failed attempt
@@ -23,15 +22,6 @@ const MAX_ATTEMPTS: usize = 40;
 const CONFLICT_BACKOFF: Duration = Duration::from_millis(4);
 const CONFLICT_BACKOFF_CAP: Duration = Duration::from_millis(200);
 
-/// How long to wait after the `n`th conflict (from 1): uniform in [0, min(cap, base·2ⁿ⁻¹)].
-pub fn conflict_backoff(n: u32) -> Duration {
-    let ceiling = CONFLICT_BACKOFF
-        .saturating_mul(1 << n.saturating_sub(1).min(16))
-        .min(CONFLICT_BACKOFF_CAP);
-    let random = RandomState::new().hash_one(n);
-    ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
-}
-
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GroupReport {
     pub accepted: Vec<OrderId>,
@@ -41,6 +31,8 @@ pub struct GroupReport {
     /// Transactions written (each writes every shard it takes from once).
     pub transactions: usize,
     pub refused: usize,
+    /// Refused because another transaction held a shard at the same moment.
+    pub conflicts: usize,
 }
 
 /// Decides every queued order in `orders` (all for `product`). On success each order is
@@ -170,7 +162,8 @@ pub async fn decide_group<S: Store, P: Future<Output = ()>>(
                     }
                     if refused.conflict {
                         conflicts += 1;
-                        pause(conflict_backoff(conflicts)).await;
+                        report.conflicts += 1;
+                        pause(jittered(CONFLICT_BACKOFF, CONFLICT_BACKOFF_CAP, conflicts)).await;
                     }
                     // Learn what the failed shards hold from the returned values; a conflict
                     // tells us nothing, so read again.

@@ -3,6 +3,7 @@
 //! functions use to reach storage and the queue, and the pure state of the admission guards
 //! (the per-caller token bucket, the circuit breaker). Nothing here knows about AWS or Lambda.
 
+pub mod backoff;
 pub mod breaker;
 pub mod clock;
 pub mod commit;

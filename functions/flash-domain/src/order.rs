@@ -342,6 +342,17 @@ pub struct OrderMessage {
     pub user_id: UserId,
 }
 
+impl OrderMessage {
+    pub fn of(order: &Order) -> Self {
+        Self {
+            order_id: order.id.clone(),
+            sku: order.sku.clone(),
+            quantity: order.quantity,
+            user_id: order.owner.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,4 +193,11 @@ pub trait Store: Send + Sync {
 
 pub trait Queue: Send + Sync {
     fn send(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sends `msg` to be delivered no earlier than `delay` from now (SQS holds a message back
+    /// for at most 15 minutes).
+    fn send_later(
+        &self,
+        msg: &OrderMessage,
+        delay: Duration,
+    ) -> impl Future<Output = PortResult<()>> + Send;
 }

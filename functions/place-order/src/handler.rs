@@ -4,7 +4,8 @@
 //! order `queued` with a conditional put (its id is derived from caller and Idempotency-Key,
 //! so the put is the idempotency check; for a product with a per-user limit the same write
 //! raises the buyer's admission count, so one buyer cannot queue past the limit) and enqueues
-//! it. Never touches stock.
+//! it. Before the write it sends a copy of the message delayed by [`REDRIVE_AFTER`], the
+//! re-drive of an order whose send is lost. Never touches stock.
 //!
 //! Circuit breakers stand in front of DynamoDB and SQS: while one is open the answer is `503`
 //! with `Retry-After` at once, before anything is called.
@@ -28,6 +29,12 @@ use std::time::{Duration, Instant};
 /// order let in after it costs a write, a message and a rejection), as does a flag cleared by a
 /// cancel; a hot product costs four reads a second per warm function instead of one per order.
 pub const PRODUCT_TTL: Duration = Duration::from_millis(250);
+
+/// A copy of each order's message is sent before the order is written, to arrive this long
+/// after (SQS's longest delay): if the send after the write fails, or the function dies between
+/// the two, and the buyer never retries, the copy still gets the order decided. A copy of an
+/// order decided by then, or never written, changes nothing.
+pub const REDRIVE_AFTER: Duration = Duration::from_secs(900);
 
 /// The name the breakers log and meter under.
 const FUNCTION: &str = "place-order";
@@ -154,6 +161,12 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             takes: Vec::new(),
             counted: false,
         };
+        self.sqs
+            .call(
+                self.queue
+                    .send_later(&OrderMessage::of(&order), REDRIVE_AFTER),
+            )
+            .await?;
         let created = match product.per_user_limit {
             Some(limit) => {
                 self.dynamodb
@@ -192,13 +205,9 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         // A replay of a still-queued order enqueues it again: if the first send failed after
         // the write, this is what gets it decided. A duplicate message is a no-op downstream.
         if current.status == OrderStatus::Queued {
-            let msg = OrderMessage {
-                order_id: current.id.clone(),
-                sku: current.sku.clone(),
-                quantity: current.quantity,
-                user_id: current.owner.clone(),
-            };
-            self.sqs.call(self.queue.send(&msg)).await?;
+            self.sqs
+                .call(self.queue.send(&OrderMessage::of(&current)))
+                .await?;
         }
         Ok(json(
             202,

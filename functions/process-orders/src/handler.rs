@@ -1,20 +1,23 @@
 //! The SQS consumer: decides a batch of queued orders. Orders are read back from the table
 //! (the message only names them), grouped by product, and each group is committed with one
 //! transaction per stock write (see `flash_domain::commit`). A message that is not an order, or
-//! names no stored order, is reported failed alone so SQS retries it and finally moves it to
-//! the DLQ; the rest of the batch still succeeds.
+//! disagrees with the order it names, is reported failed alone so SQS retries it and finally
+//! moves it to the DLQ; the rest of the batch still succeeds. A message naming no stored order
+//! is the re-drive copy of an order whose write never happened (`place-order` sends the copy
+//! first): there is nothing to decide, and it is dropped.
 //!
 //! Every order the batch leaves `pending` gets its payment timeout scheduled
 //! ([`ProcessOrders::process_and_schedule`]), including orders an earlier delivery accepted:
 //! a processor that died between its commit and the scheduling is made whole by the
 //! redelivery, and a second timeout message is harmless because the timeout is conditional.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use flash_domain::clock::now_ms;
-use flash_domain::commit::{by_product, decide_group};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::telemetry::{self, Unit};
+use flash_domain::clock::{now_ms, Millis};
+use flash_domain::commit::{by_product, decide_group, GroupReport};
 use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
-use flash_domain::ports::Store;
-use flash_domain::{Order, OrderId, OrderMessage};
+use flash_domain::ports::{PortError, Store};
+use flash_domain::{Order, OrderId, OrderMessage, Reason};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -78,20 +81,25 @@ impl<S: Store> ProcessOrders<S> {
             }
         };
         // Trust the stored order, and only the records that agree with it: each record that
-        // disagrees (or names no order) fails alone.
+        // disagrees fails alone.
         let stored: HashMap<OrderId, Order> =
             orders.into_iter().map(|o| (o.id.clone(), o)).collect();
         let mut agreeing: HashMap<OrderId, Vec<String>> = HashMap::new();
         for (id, records) in carriers {
             for (message_id, m) in records {
-                let agrees = stored.get(&id).is_some_and(|o| {
-                    m.sku == o.sku && m.quantity == o.quantity && m.user_id == o.owner
-                });
-                if agrees {
-                    agreeing.entry(id.clone()).or_default().push(message_id);
-                } else {
-                    tracing::warn!(order_id = %id, message_id, "message names no matching order");
-                    failed.push(message_id);
+                match stored.get(&id) {
+                    None => {
+                        tracing::warn!(order_id = %id, message_id, "message names no stored order; dropped");
+                    }
+                    Some(o)
+                        if m.sku == o.sku && m.quantity == o.quantity && m.user_id == o.owner =>
+                    {
+                        agreeing.entry(id.clone()).or_default().push(message_id);
+                    }
+                    Some(_) => {
+                        tracing::warn!(order_id = %id, message_id, "message disagrees with its order");
+                        failed.push(message_id);
+                    }
                 }
             }
         }
@@ -137,6 +145,7 @@ impl<S: Store> ProcessOrders<S> {
             };
             match result {
                 Ok(r) => {
+                    emit_metrics(&group, &r, now);
                     report.accepted += r.accepted.len();
                     report.rejected += r.rejected.len();
                     report.already_decided += r.already_decided.len();
@@ -152,6 +161,9 @@ impl<S: Store> ProcessOrders<S> {
                     );
                 }
                 Err(e) => {
+                    if matches!(e, PortError::Degraded { .. }) {
+                        telemetry::metric("Throttles", 1.0, Unit::Count, DIMENSIONS);
+                    }
                     tracing::error!(sku = %sku, error = %e, "group not decided; will be retried");
                     failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
                 }
@@ -206,18 +218,51 @@ impl<S: Store> ProcessOrders<S> {
     }
 }
 
-fn finish(mut failed: Vec<String>, mut report: BatchReport) -> (SqsBatchResponse, BatchReport) {
-    failed.sort();
-    failed.dedup();
-    report.failed = failed.len();
-    let mut resp = SqsBatchResponse::default();
-    resp.batch_item_failures = failed
-        .into_iter()
-        .map(|id| {
-            let mut f = BatchItemFailure::default();
-            f.item_identifier = id;
-            f
-        })
+const DIMENSIONS: &[(&str, &str)] = &[("Function", "process-orders")];
+
+/// The group's outcome as CloudWatch metrics (EMF lines): orders accepted and units sold,
+/// rejections by reason, orders per stock transaction, conflicts, and each decided order's time
+/// from admission to decision.
+fn emit_metrics(group: &[Order], r: &GroupReport, now: Millis) {
+    let by_id: HashMap<&OrderId, &Order> = group.iter().map(|o| (&o.id, o)).collect();
+    let units: u32 = r
+        .accepted
+        .iter()
+        .filter_map(|id| by_id.get(id))
+        .map(|o| o.quantity.get())
+        .sum();
+    let mut metrics = vec![
+        ("OrdersAccepted", r.accepted.len() as f64, Unit::Count),
+        ("UnitsSold", f64::from(units), Unit::Count),
+        ("Conflicts", r.conflicts as f64, Unit::Count),
+    ];
+    if r.transactions > 0 {
+        let size = r.accepted.len() as f64 / r.transactions as f64;
+        metrics.push(("GroupSize", size, Unit::Count));
+    }
+    telemetry::metrics(&metrics, DIMENSIONS);
+    let mut reasons: Vec<Reason> = r.rejected.iter().map(|(_, reason)| *reason).collect();
+    reasons.sort_by_key(|reason| reason.as_str());
+    reasons.dedup();
+    for reason in reasons {
+        let n = r.rejected.iter().filter(|(_, x)| *x == reason).count();
+        telemetry::metrics(
+            &[("OrdersRejected", n as f64, Unit::Count)],
+            &[("Function", "process-orders"), ("Reason", reason.as_str())],
+        );
+    }
+    let waits: Vec<f64> = r
+        .accepted
+        .iter()
+        .chain(r.rejected.iter().map(|(id, _)| id))
+        .filter_map(|id| by_id.get(id))
+        .map(|o| (now - o.created_at).max(0) as f64)
         .collect();
+    telemetry::distribution("TimeToDecisionMs", &waits, Unit::Milliseconds, DIMENSIONS);
+}
+
+fn finish(failed: Vec<String>, mut report: BatchReport) -> (SqsBatchResponse, BatchReport) {
+    let resp = flash_aws::sqs::batch_response(failed);
+    report.failed = resp.batch_item_failures.len();
     (resp, report)
 }
