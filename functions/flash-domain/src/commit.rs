@@ -36,7 +36,8 @@ pub struct GroupReport {
 }
 
 /// Decides every queued order in `orders` (all for `product`). On success each order is
-/// decided; on error none of the undecided ones changed and the whole group may be retried.
+/// decided; on error what was decided stays decided, the rest is unchanged, and the whole
+/// group may be retried (a decided order is then a no-op).
 /// `pause` waits between attempts after a transaction conflict.
 pub async fn decide_group<S: Store, P: Future<Output = ()>>(
     store: &S,
@@ -80,7 +81,6 @@ pub async fn decide_group<S: Store, P: Future<Output = ()>>(
     let mut view: Option<Vec<ShardStock>> = None;
     let mut flagged = product.sold_out;
     let mut attempts = 0;
-    let mut conflicts = 0;
     let expires_at = product.payment_due_at(now);
     while !pending.is_empty() {
         attempts += 1;
@@ -161,9 +161,9 @@ pub async fn decide_group<S: Store, P: Future<Output = ()>>(
                         }
                     }
                     if refused.conflict {
-                        conflicts += 1;
                         report.conflicts += 1;
-                        pause(jittered(CONFLICT_BACKOFF, CONFLICT_BACKOFF_CAP, conflicts)).await;
+                        let n = u32::try_from(report.conflicts).unwrap_or(u32::MAX);
+                        pause(jittered(CONFLICT_BACKOFF, CONFLICT_BACKOFF_CAP, n)).await;
                     }
                     // Learn what the failed shards hold from the returned values; a conflict
                     // tells us nothing, so read again.
