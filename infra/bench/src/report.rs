@@ -1,6 +1,6 @@
-//! The printed table and `bench.json`. The JSON has the shape issue 4 asks for (`designs`,
-//! `ratios`, `capacity_model`, `cold_start`), plus `sale`, `local_ceiling`, `ratio_basis` and
-//! `details` (counts and checks behind each design's numbers).
+//! The printed table and `bench.json`: `designs`, `ratios`, `capacity_model` and `cold_start`,
+//! plus `sale`, `local_ceiling`, `ratio_basis` and `details` (counts and checks behind each
+//! design's numbers).
 
 use crate::ceiling::Ceiling;
 use crate::cold_start::Measured;
