@@ -3,6 +3,7 @@
 //! succeeded are deleted, and failed ones come back after their visibility timeout.
 
 use crate::fixtures::sqs_event;
+use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
 use aws_sdk_sqs::Client;
 use flash_domain::ports::Store;
@@ -21,6 +22,20 @@ pub struct DrainStats {
 }
 
 /// Receives up to `batch_size` messages (several receives of at most 10).
+/// Received messages as the SQS event Lambda would deliver them (message id and body).
+pub fn received_event<'a>(msgs: impl IntoIterator<Item = &'a Message>) -> SqsEvent {
+    let records: Vec<(String, String)> = msgs
+        .into_iter()
+        .map(|m| {
+            (
+                m.message_id().unwrap_or_default().to_owned(),
+                m.body().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    sqs_event(&records)
+}
+
 pub async fn receive_batch(sqs: &Client, url: &str, batch_size: usize) -> Vec<Message> {
     let mut got = Vec::new();
     while got.len() < batch_size {
@@ -106,17 +121,7 @@ pub async fn drain<S: Store>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let event = sqs_event(
-                &msgs
-                    .iter()
-                    .map(|m| {
-                        (
-                            m.message_id().unwrap_or_default().to_owned(),
-                            m.body().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            let event = received_event(&msgs);
             let (resp, report) = handler.process(event).await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures

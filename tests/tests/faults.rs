@@ -37,6 +37,7 @@ use flash_domain::{
     IdempotencyKey, Order, OrderId, OrderMessage, OrderStatus, Quantity, Reason, Sku, UserId,
 };
 use flash_tests::audit::audit;
+use flash_tests::drain::received_event;
 use flash_tests::failpoint::{At, Effect, Entry, Failpoint, Faulty, Fired, Phase, Tracer};
 use flash_tests::fake::{message_body, FakeQueue, FakeStore};
 use flash_tests::fixtures::{sqs_event, Req};
@@ -1788,24 +1789,15 @@ async fn live_drain(
                 live.tally(Kind::DuplicateDelivery);
             }
         }
-        let records: Vec<(String, String)> = msgs
-            .iter()
-            .map(|m| {
-                (
-                    m.message_id().unwrap_or_default().to_owned(),
-                    m.body().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
         let failed = if rng.random_bool(0.3) {
             live.tally(Kind::ConcurrentDuplicateDelivery);
             let (a, b) = futures::join!(
-                processor.process(sqs_event(&records)),
-                processor.process(sqs_event(&records))
+                processor.process(received_event(&msgs)),
+                processor.process(received_event(&msgs))
             );
             failed_ids(&a.0).union(&failed_ids(&b.0)).cloned().collect()
         } else {
-            failed_ids(&processor.process(sqs_event(&records)).await.0)
+            failed_ids(&processor.process(received_event(&msgs)).await.0)
         };
         let done: Vec<&aws_sdk_sqs::types::Message> = msgs
             .iter()
@@ -1861,17 +1853,7 @@ async fn live_poison_batch(live: &Live, stack: &Stack, url: &str) {
     }
     let batch: Vec<&aws_sdk_sqs::types::Message> =
         valid.iter().copied().chain(poison.clone()).collect();
-    let event = sqs_event(
-        &batch
-            .iter()
-            .map(|m| {
-                (
-                    m.message_id().unwrap_or_default().to_owned(),
-                    m.body().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect::<Vec<_>>(),
-    );
+    let event = received_event(batch.iter().copied());
     let h = ProcessOrders {
         store: stack.clean.clone(),
     };

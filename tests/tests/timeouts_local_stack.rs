@@ -13,7 +13,7 @@ use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use flash_domain::clock::now_ms;
 use flash_domain::{OrderId, OrderStatus, Reason, Sku};
 use flash_tests::audit::{audit, AuditAssertions};
-use flash_tests::drain::{delete, receive_batch};
+use flash_tests::drain::{delete, receive_batch, received_event};
 use flash_tests::fake_expiry::timeout_body;
 use flash_tests::fixtures::{sqs_event, Req};
 use flash_tests::stack::{self, unique_sku};
@@ -31,20 +31,6 @@ fn body(resp: &Response<Body>) -> Value {
         Body::Text(t) => serde_json::from_str(t).expect("JSON body"),
         other => panic!("unexpected body {other:?}"),
     }
-}
-
-fn event_of(msgs: &[aws_sdk_sqs::types::Message]) -> aws_lambda_events::event::sqs::SqsEvent {
-    sqs_event(
-        &msgs
-            .iter()
-            .map(|m| {
-                (
-                    m.message_id().unwrap_or_default().to_owned(),
-                    m.body().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 /// One product on `store`, an orders queue and a payment-timeouts queue of its own.
@@ -117,7 +103,7 @@ impl Sale {
             }
             let (resp, _) = self
                 .process
-                .process_and_schedule(&self.timeouts, event_of(&msgs))
+                .process_and_schedule(&self.timeouts, received_event(&msgs))
                 .await;
             assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
             let done: Vec<_> = msgs.iter().collect();
@@ -156,7 +142,7 @@ impl Sale {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let (resp, report) = self.expire.process(event_of(&msgs)).await;
+            let (resp, report) = self.expire.process(received_event(&msgs)).await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures
                 .iter()
