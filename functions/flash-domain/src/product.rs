@@ -4,12 +4,12 @@ use crate::clock::{parse_rfc3339, to_rfc3339, Millis};
 use crate::ids::{Sku, ValidationError};
 use serde::{Deserialize, Serialize};
 
-/// Stock split across more shard items than this buys nothing: a batch of 100 orders touches a
-/// handful of shards at most.
+/// Stock split across more shard items than this buys nothing: a batch of 50 orders (the
+/// template's batch size) touches a handful of shards at most.
 pub const MAX_SHARDS: u32 = 64;
-/// Units per shard when the admin does not choose: about one full batch (100 orders) a shard,
-/// so a hot product has more shards than there are processors (10 by default) and concurrent
-/// batches rarely start on the same item.
+/// Units per shard when the admin does not choose: about two full batches a shard, so a hot
+/// product has more shards than there are processors (4 by default) and concurrent batches
+/// rarely start on the same item.
 pub const UNITS_PER_SHARD: u64 = 100;
 pub const DEFAULT_PAYMENT_WINDOW_SECONDS: u32 = 900;
 pub const MAX_STOCK: u64 = 1_000_000_000;
