@@ -224,21 +224,27 @@ impl Results {
 
     /// Our design must hold every invariant.
     pub fn pipeline_failures(&self) -> Vec<String> {
-        let Some((r, d)) = self.designs.get("pipeline") else {
-            return Vec::new();
-        };
-        let mut f: Vec<String> = d.violations.clone();
-        if r.oversold > 0 {
-            f.push(format!("{} units oversold", r.oversold));
-        }
-        if r.stranded > 0 {
-            f.push(format!("{} units stranded", r.stranded));
-        }
-        if d.undecided > 0 {
-            f.push(format!("{} orders undecided", d.undecided));
-        }
-        f
+        self.designs
+            .get("pipeline")
+            .map(|(r, d)| failures(r, d))
+            .unwrap_or_default()
     }
+}
+
+/// The invariants a sale broke: violations the checker found, units oversold or stranded,
+/// orders left undecided.
+pub fn failures(r: &DesignReport, d: &Details) -> Vec<String> {
+    let mut f: Vec<String> = d.violations.clone();
+    if r.oversold > 0 {
+        f.push(format!("{} units oversold", r.oversold));
+    }
+    if r.stranded > 0 {
+        f.push(format!("{} units stranded", r.stranded));
+    }
+    if d.undecided > 0 {
+        f.push(format!("{} orders undecided", d.undecided));
+    }
+    f
 }
 
 /// One line per design as it finishes.
