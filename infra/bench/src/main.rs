@@ -236,7 +236,7 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
     // Each design runs the sale twice, each time on a fresh SKU: a rehearsal, unreported, then
     // the measured run. DynamoDB Local is a JVM, and the mixed warm-up does not bring every code
     // path a design uses up to speed: the pipeline's first full sale in a fresh stack sold out
-    // in 4.8–7.1 s (6 runs), its next one in 2.9–5.0 s (8 runs).
+    // in a median 6.36 s (9 runs, 4.8–7.6 s), its next one in 4.18 s (11 runs, 2.9–5.9 s).
     for design in &args.designs {
         let sku = format!("BENCH-{design}-{stamp}");
         eprintln!("{design}: rehearsal, {sku}-R ...");
