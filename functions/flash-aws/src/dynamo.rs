@@ -21,9 +21,11 @@
 
 use crate::errors::{port_error, DEGRADED_TRANSACTION_REASONS};
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
+use aws_sdk_dynamodb::operation::transact_write_items::{
+    TransactWriteItemsError, TransactWriteItemsOutput,
+};
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
@@ -306,17 +308,39 @@ impl WriteStats {
         }
     }
 
-    fn record<'a>(
-        &self,
-        capacity: impl IntoIterator<Item = &'a ConsumedCapacity>,
-        stock_items: usize,
-    ) {
+    /// Counts one write request and the capacity DynamoDB says it consumed (none is known when
+    /// it failed); `stock_items` of its items are stock shards.
+    fn record<T: Consumed, E>(&self, result: &Result<T, E>, stock_items: usize) {
         self.requests.fetch_add(1, Relaxed);
         self.stock_item_writes
             .fetch_add(stock_items as u64, Relaxed);
-        let units: f64 = capacity.into_iter().filter_map(|c| c.capacity_units).sum();
+        let consumed = result.as_ref().map(Consumed::consumed).unwrap_or_default();
+        let units: f64 = consumed.iter().filter_map(|c| c.capacity_units).sum();
         self.milli_units
             .fetch_add((units * 1000.0).round() as u64, Relaxed);
+    }
+}
+
+/// The capacity a write's output reports, asked for with `ReturnConsumedCapacity::Total`.
+trait Consumed {
+    fn consumed(&self) -> &[ConsumedCapacity];
+}
+
+impl Consumed for PutItemOutput {
+    fn consumed(&self) -> &[ConsumedCapacity] {
+        self.consumed_capacity.as_slice()
+    }
+}
+
+impl Consumed for UpdateItemOutput {
+    fn consumed(&self) -> &[ConsumedCapacity] {
+        self.consumed_capacity.as_slice()
+    }
+}
+
+impl Consumed for TransactWriteItemsOutput {
+    fn consumed(&self) -> &[ConsumedCapacity] {
+        self.consumed_capacity.as_deref().unwrap_or_default()
     }
 }
 
@@ -425,11 +449,7 @@ impl DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        let capacity = result
-            .as_ref()
-            .ok()
-            .and_then(|o| o.consumed_capacity.as_deref());
-        self.stats.record(capacity.unwrap_or_default(), stock_items);
+        self.stats.record(&result, stock_items);
         match result {
             Ok(_) => Ok(()),
             Err(e) => match e.as_service_error() {
@@ -695,11 +715,7 @@ impl Store for DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        let capacity = result
-            .as_ref()
-            .ok()
-            .and_then(|o| o.consumed_capacity.as_ref());
-        self.stats.record(capacity, 0);
+        self.stats.record(&result, 0);
         match result {
             Ok(_) => Ok(true),
             Err(e)
@@ -764,11 +780,7 @@ impl Store for DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        let capacity = result
-            .as_ref()
-            .ok()
-            .and_then(|o| o.consumed_capacity.as_ref());
-        self.stats.record(capacity, 0);
+        self.stats.record(&result, 0);
         match result {
             Ok(_) => Ok(CreateOrder::Created),
             Err(e) => match e.as_service_error() {
@@ -981,11 +993,7 @@ impl Store for DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        let capacity = result
-            .as_ref()
-            .ok()
-            .and_then(|o| o.consumed_capacity.as_ref());
-        self.stats.record(capacity, 0);
+        self.stats.record(&result, 0);
         let old = match result {
             Ok(_) => return Ok(true),
             Err(e) => match e.as_service_error() {
@@ -1060,11 +1068,7 @@ impl Store for DynamoStore {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
-            let capacity = result
-                .as_ref()
-                .ok()
-                .and_then(|o| o.consumed_capacity.as_ref());
-            self.stats.record(capacity, 0);
+            self.stats.record(&result, 0);
             return match result {
                 Ok(out) => Ok(Advance::Done(match out.attributes {
                     Some(item) => decode_order(&item)?,
@@ -1163,11 +1167,7 @@ impl Store for DynamoStore {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
-            let capacity = result
-                .as_ref()
-                .ok()
-                .and_then(|o| o.consumed_capacity.as_ref());
-            self.stats.record(capacity, 0);
+            self.stats.record(&result, 0);
             match result {
                 Ok(out) => {
                     let tat = out.attributes.as_ref().and_then(|a| get_n(a, "tat"));
