@@ -79,7 +79,8 @@ pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
     }
 }
 
-async fn queue_empty(sqs: &Client, url: &str) -> bool {
+/// Whether the queue holds no message, visible or in flight (a missing count is not zero).
+pub async fn queue_empty(sqs: &Client, url: &str) -> bool {
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(url)

@@ -1,11 +1,19 @@
 //! Requests and SQS events built from the real sample payloads in `events/`, edited per test.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use lambda_http::Request;
+use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
+
+/// A handler's response body as JSON; anything but a JSON text body fails the test.
+pub fn json_body(resp: &Response<Body>) -> Value {
+    match resp.body() {
+        Body::Text(t) => serde_json::from_str(t).expect("JSON body"),
+        other => panic!("unexpected body {other:?}"),
+    }
+}
 
 pub fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events")

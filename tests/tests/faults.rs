@@ -1762,7 +1762,7 @@ async fn live_drain(
     url: &str,
     seed: u64,
 ) {
-    use flash_tests::drain::{delete, receive_batch};
+    use flash_tests::drain::{delete, queue_empty, receive_batch};
     let mut rng = StdRng::seed_from_u64(seed);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < until {
@@ -1806,26 +1806,6 @@ async fn live_drain(
         delete(&stack.sqs, url, &done).await;
     }
     live.fail("the queue did not drain within 60 s")
-}
-
-async fn queue_empty(sqs: &aws_sdk_sqs::Client, url: &str) -> bool {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes
-        .unwrap_or_default();
-    [
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .all(|k| attrs.get(k).is_some_and(|v| v == "0"))
 }
 
 /// Nine valid messages and the poison one in one batch: only the poison fails; the nine are

@@ -7,7 +7,7 @@ use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::{OrderStatus, Reason};
 use flash_tests::audit::{audit, AuditAssertions};
 use flash_tests::drain::{delete, drain, receive_batch};
-use flash_tests::fixtures::{sqs_event, Req};
+use flash_tests::fixtures::{json_body as body, sqs_event, Req};
 use flash_tests::stack::{self, unique_sku};
 use lambda_http::{Body, Response};
 use place_order::PlaceOrder;
@@ -16,13 +16,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-fn body(resp: &Response<Body>) -> Value {
-    match resp.body() {
-        Body::Text(t) => serde_json::from_str(t).expect("JSON body"),
-        other => panic!("unexpected body {other:?}"),
-    }
-}
 
 struct Sale {
     sku: String,

@@ -15,9 +15,8 @@ use flash_domain::{OrderId, OrderStatus, Reason, Sku};
 use flash_tests::audit::{audit, AuditAssertions};
 use flash_tests::drain::{delete, receive_batch, received_event};
 use flash_tests::fake_expiry::timeout_body;
-use flash_tests::fixtures::{sqs_event, Req};
+use flash_tests::fixtures::{json_body as body, sqs_event, Req};
 use flash_tests::stack::{self, unique_sku};
-use lambda_http::{Body, Response};
 use place_order::PlaceOrder;
 use process_orders::ProcessOrders;
 use reconcile::Reconcile;
@@ -25,13 +24,6 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn body(resp: &Response<Body>) -> Value {
-    match resp.body() {
-        Body::Text(t) => serde_json::from_str(t).expect("JSON body"),
-        other => panic!("unexpected body {other:?}"),
-    }
-}
 
 /// One product on `store`, an orders queue and a payment-timeouts queue of its own.
 struct Sale {
