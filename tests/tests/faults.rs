@@ -27,7 +27,7 @@
 //! after the fact changes nothing.
 
 use advance_order::AdvanceOrder;
-use aws_lambda_events::event::sqs::SqsBatchResponse;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use expire_orders::ExpireOrders;
 use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
@@ -117,6 +117,16 @@ fn parts(resp: Response<Body>) -> (u16, Value) {
         _ => Value::Null,
     };
     (status, body)
+}
+
+/// The SQS event a consumer gets for `batch`.
+fn delivered(batch: &[Delivery]) -> SqsEvent {
+    sqs_event(
+        &batch
+            .iter()
+            .map(|d| (d.message_id.clone(), d.body.clone()))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn failed_ids(resp: &SqsBatchResponse) -> HashSet<String> {
@@ -568,12 +578,7 @@ impl World {
         let h = ProcessOrders {
             store: inv.wrap(self.store.clone()),
         };
-        let event = sqs_event(
-            &batch
-                .iter()
-                .map(|d| (d.message_id.clone(), d.body.clone()))
-                .collect::<Vec<_>>(),
-        );
+        let event = delivered(batch);
         let timeouts = inv.wrap(TimeoutsQueue(self.timeouts.clone()));
         let (resp, report) = h.process_and_schedule(&timeouts, event).await;
         if std::env::var_os("FAULT_TRACE").is_some() {
@@ -587,6 +592,20 @@ impl World {
                 report.rejected
             );
         }
+        (failed_ids(&resp), inv.crashed())
+    }
+
+    /// One `expire-orders` invocation on `event`, with failpoints: the failed message ids, and
+    /// whether it crashed.
+    async fn expire_batch(&self, event: SqsEvent) -> (HashSet<String>, bool) {
+        let inv = self
+            .tracer
+            .invocation("expire-orders", self.failpoint("expire-orders"));
+        let h = ExpireOrders {
+            store: inv.wrap(self.store.clone()),
+            timeouts: inv.wrap(TimeoutsQueue(self.timeouts.clone())),
+        };
+        let (resp, _) = h.process(event).await;
         (failed_ids(&resp), inv.crashed())
     }
 
@@ -668,15 +687,8 @@ impl World {
             })
             .collect();
         for _ in 0..TRIES {
-            let inv = self
-                .tracer
-                .invocation("expire-orders", self.failpoint("expire-orders"));
-            let h = ExpireOrders {
-                store: inv.wrap(self.store.clone()),
-                timeouts: inv.wrap(TimeoutsQueue(self.timeouts.clone())),
-            };
-            let (resp, _) = h.process(sqs_event(&batch)).await;
-            if !inv.crashed() && resp.batch_item_failures.is_empty() {
+            let (failed, crashed) = self.expire_batch(sqs_event(&batch)).await;
+            if !crashed && failed.is_empty() {
                 return;
             }
         }
@@ -692,26 +704,11 @@ impl World {
             let n = rng.random_range(1..=5);
             self.timeouts.receive(n, &mut *rng)
         };
-        let mut failed = HashSet::new();
-        let mut crashed = false;
-        if !batch.is_empty() {
-            let inv = self
-                .tracer
-                .invocation("expire-orders", self.failpoint("expire-orders"));
-            let h = ExpireOrders {
-                store: inv.wrap(self.store.clone()),
-                timeouts: inv.wrap(TimeoutsQueue(self.timeouts.clone())),
-            };
-            let event = sqs_event(
-                &batch
-                    .iter()
-                    .map(|d| (d.message_id.clone(), d.body.clone()))
-                    .collect::<Vec<_>>(),
-            );
-            let (resp, _) = h.process(event).await;
-            failed = failed_ids(&resp);
-            crashed = inv.crashed();
-        }
+        let (failed, crashed) = if batch.is_empty() {
+            (HashSet::new(), false)
+        } else {
+            self.expire_batch(delivered(&batch)).await
+        };
         self.timeouts.settle(batch, &failed, crashed);
         if self.store.snapshot() != before {
             self.fail("a payment timeout delivered before its deadline changed the table");
@@ -737,22 +734,8 @@ impl World {
                     self.timeouts.duplicate(d, 1);
                 }
             }
-            let inv = self
-                .tracer
-                .invocation("expire-orders", self.failpoint("expire-orders"));
-            let h = ExpireOrders {
-                store: inv.wrap(self.store.clone()),
-                timeouts: inv.wrap(TimeoutsQueue(self.timeouts.clone())),
-            };
-            let event = sqs_event(
-                &batch
-                    .iter()
-                    .map(|d| (d.message_id.clone(), d.body.clone()))
-                    .collect::<Vec<_>>(),
-            );
-            let (resp, _) = h.process(event).await;
-            self.timeouts
-                .settle(batch, &failed_ids(&resp), inv.crashed());
+            let (failed, crashed) = self.expire_batch(delivered(&batch)).await;
+            self.timeouts.settle(batch, &failed, crashed);
         }
         let dead = self.timeouts.dlq();
         if !dead.is_empty() {
