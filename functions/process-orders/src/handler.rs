@@ -33,6 +33,8 @@ pub struct BatchReport {
     /// The orders this batch left `pending`, newly accepted or found so: each needs its
     /// payment timeout scheduled.
     pub due: Vec<PaymentDue>,
+    /// Each record that is an order message: its message id and the order it names.
+    pub named: Vec<(String, OrderId)>,
 }
 
 pub struct ProcessOrders<S> {
@@ -61,10 +63,15 @@ impl<S: Store> ProcessOrders<S> {
                 .as_deref()
                 .map(serde_json::from_str::<OrderMessage>)
             {
-                Some(Ok(msg)) => carriers
-                    .entry(msg.order_id.clone())
-                    .or_default()
-                    .push((message_id, msg)),
+                Some(Ok(msg)) => {
+                    report
+                        .named
+                        .push((message_id.clone(), msg.order_id.clone()));
+                    carriers
+                        .entry(msg.order_id.clone())
+                        .or_default()
+                        .push((message_id, msg));
+                }
                 _ => {
                     tracing::warn!(message_id, "message is not an order");
                     failed.push(message_id);
@@ -182,15 +189,6 @@ impl<S: Store> ProcessOrders<S> {
         timeouts: &T,
         event: SqsEvent,
     ) -> (SqsBatchResponse, BatchReport) {
-        // Which records name which order: bodies that are no order failed in `process`.
-        let named: Vec<(String, OrderId)> = event
-            .records
-            .iter()
-            .filter_map(|r| {
-                let msg = serde_json::from_str::<OrderMessage>(r.body.as_deref()?).ok()?;
-                Some((r.message_id.clone()?, msg.order_id))
-            })
-            .collect();
         let (mut response, report) = self.process(event).await;
         if report.due.is_empty() {
             return (response, report);
@@ -207,10 +205,11 @@ impl<S: Store> ProcessOrders<S> {
                 .map(|f| f.item_identifier)
                 .collect();
             failed.extend(
-                named
-                    .into_iter()
+                report
+                    .named
+                    .iter()
                     .filter(|(_, id)| e.orders.contains(id))
-                    .map(|(message_id, _)| message_id),
+                    .map(|(message_id, _)| message_id.clone()),
             );
             return finish(failed, report);
         }
