@@ -10,6 +10,7 @@
 //! batch still succeeds.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::sqs::parse_records;
 use flash_domain::backoff::jittered;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};
@@ -57,25 +58,12 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
 
     pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, ExpiryReport) {
         let mut report = ExpiryReport::default();
-        let mut failed: Vec<String> = Vec::new();
+        let (messages, mut failed) = parse_records::<TimeoutMessage>(event, "a payment timeout");
         // order id → the records that named it (duplicates are normal: at-least-once, and
         // `process-orders` schedules again on every redelivery).
         let mut carriers: HashMap<OrderId, Vec<String>> = HashMap::new();
-        for record in event.records {
-            let Some(message_id) = record.message_id else {
-                continue;
-            };
-            match record
-                .body
-                .as_deref()
-                .map(serde_json::from_str::<TimeoutMessage>)
-            {
-                Some(Ok(m)) => carriers.entry(m.order_id).or_default().push(message_id),
-                _ => {
-                    tracing::warn!(message_id, "message is not a payment timeout");
-                    failed.push(message_id);
-                }
-            }
+        for (message_id, m) in messages {
+            carriers.entry(m.order_id).or_default().push(message_id);
         }
         if carriers.is_empty() {
             return finish(failed, report);

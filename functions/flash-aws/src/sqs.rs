@@ -1,6 +1,6 @@
 //! The orders queue.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::Client;
 use flash_domain::ports::{PortError, PortResult, Queue};
 use flash_domain::OrderMessage;
@@ -23,6 +23,30 @@ impl SqsQueue {
     pub fn from_config(sdk: &aws_config::SdkConfig, url: impl Into<String>) -> Self {
         Self::new(Client::new(sdk), url)
     }
+}
+
+/// The records of `event` whose body is a `T`, each with its message id, and the message ids of
+/// the others, each logged as not `what` ("an order"): those fail alone. A record without a
+/// message id could not be reported, and is skipped.
+pub fn parse_records<T: serde::de::DeserializeOwned>(
+    event: SqsEvent,
+    what: &str,
+) -> (Vec<(String, T)>, Vec<String>) {
+    let mut parsed = Vec::new();
+    let mut failed = Vec::new();
+    for record in event.records {
+        let Some(message_id) = record.message_id else {
+            continue;
+        };
+        match record.body.as_deref().map(serde_json::from_str::<T>) {
+            Some(Ok(m)) => parsed.push((message_id, m)),
+            _ => {
+                tracing::warn!(message_id, "message is not {what}");
+                failed.push(message_id);
+            }
+        }
+    }
+    (parsed, failed)
 }
 
 /// The answer of an SQS-triggered function that reports partial batch failures: the records

@@ -12,6 +12,7 @@
 //! redelivery, and a second timeout message is harmless because the timeout is conditional.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::sqs::parse_records;
 use flash_aws::telemetry::{self, Unit};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{by_product, decide_group, GroupReport};
@@ -50,33 +51,18 @@ impl<S: Store> ProcessOrders<S> {
 
     pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, BatchReport) {
         let mut report = BatchReport::default();
-        let mut failed: Vec<String> = Vec::new();
+        let (messages, mut failed) = parse_records::<OrderMessage>(event, "an order");
         // order id → the records that named it, each with its own message (a batch may hold
         // duplicates, and a forged message may reuse a real order's id).
         let mut carriers: HashMap<OrderId, Vec<(String, OrderMessage)>> = HashMap::new();
-        for record in event.records {
-            let Some(message_id) = record.message_id else {
-                continue;
-            };
-            match record
-                .body
-                .as_deref()
-                .map(serde_json::from_str::<OrderMessage>)
-            {
-                Some(Ok(msg)) => {
-                    report
-                        .named
-                        .push((message_id.clone(), msg.order_id.clone()));
-                    carriers
-                        .entry(msg.order_id.clone())
-                        .or_default()
-                        .push((message_id, msg));
-                }
-                _ => {
-                    tracing::warn!(message_id, "message is not an order");
-                    failed.push(message_id);
-                }
-            }
+        for (message_id, msg) in messages {
+            report
+                .named
+                .push((message_id.clone(), msg.order_id.clone()));
+            carriers
+                .entry(msg.order_id.clone())
+                .or_default()
+                .push((message_id, msg));
         }
         let ids: Vec<OrderId> = carriers.keys().cloned().collect();
         let orders = match self.store.get_orders(&ids).await {
