@@ -889,6 +889,11 @@ impl World {
                 nine.len()
             ));
         }
+        let orders: Vec<OrderId> = nine
+            .iter()
+            .filter_map(|d| serde_json::from_str::<OrderMessage>(&d.body).ok())
+            .map(|m| m.order_id)
+            .collect();
         let poison = self.poison();
         let mut batch = nine;
         let p = self
