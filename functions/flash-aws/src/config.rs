@@ -60,6 +60,24 @@ pub fn rate_limit_from_env() -> Result<Option<TokenBucket>, BadVar> {
         })
 }
 
+/// SQS's longest `DelaySeconds`, and the default delay of `place-order`'s re-drive copy.
+pub const REDRIVE_DELAY_SECONDS: u64 = 900;
+
+/// `REDRIVE_DELAY_SECONDS`: how long after an order `place-order`'s re-drive copy of its
+/// message arrives, 0 to 900 (SQS's limit on `DelaySeconds`). The local stack shortens it so
+/// the copies can be watched arriving.
+pub fn redrive_delay_from_env() -> Result<Duration, BadVar> {
+    let name = "REDRIVE_DELAY_SECONDS";
+    let seconds = parse_var(name, REDRIVE_DELAY_SECONDS)?;
+    if seconds > REDRIVE_DELAY_SECONDS {
+        return Err(BadVar {
+            name,
+            why: format!("{seconds} is above {REDRIVE_DELAY_SECONDS}, SQS's longest delay"),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 /// The circuit breakers' settings: `BREAKER_FAILURES` consecutive failures within
 /// `BREAKER_WINDOW_SECONDS` open a breaker for `BREAKER_COOL_DOWN_SECONDS`.
 pub fn breaker_from_env() -> Result<BreakerConfig, BadVar> {
@@ -163,5 +181,26 @@ mod tests {
         let bucket = default_rate_limit().expect("valid defaults");
         assert_eq!(bucket.capacity(), 10);
         assert_eq!(bucket.interval(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_redrive_delay_defaults_to_sqs_longest_and_refuses_anything_past_it() {
+        // One test for the variable: tests run in parallel and share the environment.
+        let set = |v: &str| std::env::set_var("REDRIVE_DELAY_SECONDS", v);
+        set("");
+        assert_eq!(
+            redrive_delay_from_env().ok(),
+            Some(Duration::from_secs(900))
+        );
+        set("3");
+        assert_eq!(redrive_delay_from_env().ok(), Some(Duration::from_secs(3)));
+        set("0");
+        assert_eq!(redrive_delay_from_env().ok(), Some(Duration::ZERO));
+        for bad in ["901", "-1", "2.5", "soon"] {
+            set(bad);
+            let e = redrive_delay_from_env().expect_err(bad);
+            assert!(e.to_string().contains("REDRIVE_DELAY_SECONDS"), "{e}");
+        }
+        std::env::remove_var("REDRIVE_DELAY_SECONDS");
     }
 }

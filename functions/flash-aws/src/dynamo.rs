@@ -691,7 +691,13 @@ impl Store for DynamoStore {
         }
         match self.transact(items, stock.len()).await {
             Ok(()) => Ok(true),
-            Err(TxFailure::Canceled(reasons)) if is_ccf(&reasons[0].0) => Ok(false),
+            // The META update's condition, the first item; the list is never indexed, since
+            // nothing but DynamoDB's habit says it is never empty.
+            Err(TxFailure::Canceled(reasons))
+                if reasons.first().is_some_and(|(c, _)| is_ccf(c)) =>
+            {
+                Ok(false)
+            }
             Err(TxFailure::Canceled(r)) => Err(canceled_error(&r)),
             Err(TxFailure::Other(e)) => Err(e),
         }
@@ -1276,6 +1282,71 @@ impl DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capacity::{canceled_body, json_error_response};
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use aws_smithy_runtime_api::client::http::{
+        http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+
+    /// Answers every request with a `TransactionCanceledException` that lists no reasons.
+    #[derive(Debug)]
+    struct CanceledWithoutReasons;
+
+    impl HttpConnector for CanceledWithoutReasons {
+        fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
+            let body = canceled_body(&[], "TransactionConflict");
+            HttpConnectorFuture::ready(Ok(json_error_response(400, &body, "no-reasons")))
+        }
+    }
+
+    fn store_canceled_without_reasons() -> DynamoStore {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:1")
+            .http_client(http_client_fn(|_, _| {
+                SharedHttpConnector::new(CanceledWithoutReasons)
+            }))
+            .build();
+        DynamoStore::new(Client::from_conf(config), "flash").with_rate_limit(None)
+    }
+
+    #[tokio::test]
+    async fn a_canceled_transaction_with_no_reasons_is_an_error_not_a_panic() {
+        let store = store_canceled_without_reasons();
+        let sku = Sku::parse("SKU-1").expect("valid sku");
+        let product = Product {
+            sku: sku.clone(),
+            name: "Phone".into(),
+            stock_added: 10,
+            per_user_limit: Some(2),
+            sale_starts_at: None,
+            sale_ends_at: None,
+            payment_window_seconds: 900,
+            shards: 1,
+            sold_out: false,
+            restocks: 0,
+        };
+        assert!(store.add_stock(&product, 5, &[(0, 5)]).await.is_err());
+        let order = Order {
+            id: OrderId::parse("0123456789abcdef0123456789abcdef").expect("valid id"),
+            owner: UserId::parse("alice").expect("valid user"),
+            sku,
+            quantity: Quantity::new(1).expect("valid quantity"),
+            status: OrderStatus::Queued,
+            reason: None,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            fingerprint: String::new(),
+            takes: Vec::new(),
+            counted: false,
+        };
+        assert!(store.create_limited_order(&order, 2).await.is_err());
+        assert!(store.reject(&order.id, Reason::SoldOut, 0).await.is_err());
+    }
 
     #[test]
     fn takes_round_trip() {

@@ -1,23 +1,30 @@
-//! `POST /orders`: admit an order. Validates, refuses fast when the sale is not open, the
-//! product is sold out (from a product read cached in the warm function) or the order alone
-//! passes the per-user limit, takes a token from the caller's rate-limit bucket, writes the
-//! order `queued` with a conditional put (its id is derived from caller and Idempotency-Key,
-//! so the put is the idempotency check; for a product with a per-user limit the same write
-//! raises the buyer's admission count, so one buyer cannot queue past the limit) and enqueues
-//! it. Before the write it sends a copy of the message delayed by [`REDRIVE_AFTER`], the
-//! re-drive of an order whose send is lost. Never touches stock.
+//! `POST /orders`: admit an order. Validates, refuses fast when the product is unknown, the
+//! sale is not open, the product is sold out (from a product read cached in the warm function)
+//! or the order alone passes the per-user limit, takes a token from the caller's rate-limit
+//! bucket, writes the order `queued` with a conditional put (its id is derived from caller and
+//! Idempotency-Key, so the put is the idempotency check; for a product with a per-user limit
+//! the same write raises the buyer's admission count, so one buyer cannot queue past the limit)
+//! and enqueues it. Before the write it sends a copy of the message delayed by the re-drive
+//! delay ([`REDRIVE_AFTER`] unless configured), the re-drive of an order whose send is lost.
+//! Never touches stock.
+//!
+//! The stored order decides the answer before any refusal: a request refused before the write
+//! reads the order its key names, and a replay of an admitted order gets its `202`, a key
+//! reused with another body its `422`. Only a request that names no stored order gets the
+//! refusal. The read happens on the refusal path alone, so an admitted order costs what it did.
 //!
 //! Circuit breakers stand in front of DynamoDB and SQS: while one is open the answer is `503`
-//! with `Retry-After` at once, before anything is called.
+//! with `Retry-After` at once, before anything is called (save the order read, while only the
+//! SQS breaker is open).
 
 use flash_aws::breaker::CircuitBreaker;
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
 use flash_domain::breaker::BreakerConfig;
-use flash_domain::clock::now_ms;
+use flash_domain::clock::{now_ms, Millis};
 use flash_domain::ports::{CreateOrder, Queue, Store};
 use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{
-    IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus, Product, Sku,
+    IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus, Product, Sku, UserId,
 };
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
@@ -31,9 +38,10 @@ use std::time::{Duration, Instant};
 pub const PRODUCT_TTL: Duration = Duration::from_millis(250);
 
 /// A copy of each order's message is sent before the order is written, to arrive this long
-/// after (SQS's longest delay): if the send after the write fails, or the function dies between
-/// the two, and the buyer never retries, the copy still gets the order decided. A copy of an
-/// order decided by then, or never written, changes nothing.
+/// after (SQS's longest delay, the default of `REDRIVE_DELAY_SECONDS`): if the send after the
+/// write fails, or the function dies between the two, and the buyer never retries, the copy
+/// still gets the order decided. A copy of an order decided by then, never written, or written
+/// with another body changes nothing (`process-orders` acknowledges it).
 pub const REDRIVE_AFTER: Duration = Duration::from_secs(900);
 
 /// The name the breakers log and meter under.
@@ -43,6 +51,7 @@ pub struct PlaceOrder<S, Q> {
     pub store: S,
     pub queue: Q,
     products: Mutex<HashMap<Sku, (Instant, Product)>>,
+    redrive_after: Duration,
     dynamodb: CircuitBreaker,
     sqs: CircuitBreaker,
 }
@@ -54,6 +63,7 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             store,
             queue,
             products: Mutex::default(),
+            redrive_after: REDRIVE_AFTER,
             dynamodb: CircuitBreaker::new(FUNCTION, "dynamodb", BreakerConfig::default()),
             sqs: CircuitBreaker::new(FUNCTION, "sqs", BreakerConfig::default()),
         }
@@ -63,6 +73,13 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
     pub fn with_breakers(mut self, config: BreakerConfig) -> Self {
         self.dynamodb = CircuitBreaker::new(FUNCTION, "dynamodb", config);
         self.sqs = CircuitBreaker::new(FUNCTION, "sqs", config);
+        self
+    }
+
+    /// Sends the re-drive copy `delay` after the order instead of [`REDRIVE_AFTER`] (tests and
+    /// the local stack watch the copies arrive).
+    pub fn with_redrive_delay(mut self, delay: Duration) -> Self {
+        self.redrive_after = delay;
         self
     }
 
@@ -98,55 +115,21 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         let key = IdempotencyKey::parse(key)?;
         let body: OrderRequest =
             json_body(req)?.ok_or_else(|| ApiError::invalid("a JSON body is required"))?;
-        // Shed load before touching anything while a dependency is known to be struggling:
-        // an order written but not enqueued would only wait for the re-drive.
-        let open = [self.dynamodb.refusal(), self.sqs.refusal()];
-        if let Some(wait) = open.into_iter().flatten().max() {
-            return Err(ApiError::Shedding {
-                retry_after_s: retry_after_secs(wait),
-            });
-        }
         let now = now_ms();
         let id = OrderId::derive(&caller.user, &key);
-        let product = self
-            .product(&body.sku)
-            .await?
-            .ok_or(ApiError::NotFound("product"))?;
-        let refusal = if !product.sale_open(now) {
-            Some(ApiError::SaleNotOpen)
-        } else if product.sold_out {
-            Some(ApiError::SoldOut)
-        } else if product
-            .per_user_limit
-            .is_some_and(|limit| body.quantity.get() > limit)
-        {
-            Some(ApiError::PurchaseLimit)
-        } else {
-            None
+        let product = match self.gate(&caller.user, &body, now).await? {
+            Gate::Open(product) => product,
+            Gate::Refused(refusal) => {
+                // Refused without a write; but the stored order, if any, decides the answer.
+                return match self.dynamodb.call(self.store.get_order(&id)).await? {
+                    Some(existing) if same_request(&existing, &caller.user, &body) => {
+                        self.answer(existing).await
+                    }
+                    Some(_) => Err(ApiError::IdempotencyKeyReused),
+                    None => Err(refusal),
+                };
+            }
         };
-        if let Some(refusal) = refusal {
-            // Refused without a write; but a replay of an order admitted earlier still gets
-            // its answer.
-            return match self.dynamodb.call(self.store.get_order(&id)).await? {
-                Some(existing) if existing.fingerprint == body.fingerprint() => {
-                    self.answer(existing).await
-                }
-                Some(_) => Err(ApiError::IdempotencyKeyReused),
-                None => Err(refusal),
-            };
-        }
-        // After the refusals, which write nothing, so a sold-out storm still costs no write.
-        // A fresh clock: the bucket compares it with other instances' writes. Watched, not
-        // called: with no limit set it reaches nothing, so its success proves nothing.
-        if let Err(wait) = self
-            .dynamodb
-            .watch(self.store.take_token(&caller.user, now_ms()))
-            .await?
-        {
-            return Err(ApiError::RateLimited {
-                retry_after_s: retry_after_secs(wait),
-            });
-        }
         let order = Order {
             id,
             owner: caller.user,
@@ -164,7 +147,7 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         self.sqs
             .call(
                 self.queue
-                    .send_later(&OrderMessage::of(&order), REDRIVE_AFTER),
+                    .send_later(&OrderMessage::of(&order), self.redrive_after),
             )
             .await?;
         let created = match product.per_user_limit {
@@ -181,7 +164,7 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
                 order
             }
             CreateOrder::Exists(existing) => {
-                if existing.fingerprint != order.fingerprint || existing.owner != order.owner {
+                if !same_request(&existing, &order.owner, &body) {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 existing
@@ -198,6 +181,56 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             }
         };
         self.answer(current).await
+    }
+
+    /// Every refusal that comes before the write, in order: a breaker open, an unknown product,
+    /// a sale not open, a product sold out, an order past the per-user limit, an empty bucket.
+    /// None of them writes, so a sold-out storm costs no write. `Err` is a failure to find out
+    /// (a product read that failed), not a refusal.
+    async fn gate(
+        &self,
+        user: &UserId,
+        body: &OrderRequest,
+        now: Millis,
+    ) -> Result<Gate, ApiError> {
+        // Shed load before touching anything while a dependency is known to be struggling:
+        // an order written but not enqueued would only wait for the re-drive.
+        let open = [self.dynamodb.refusal(), self.sqs.refusal()];
+        if let Some(wait) = open.into_iter().flatten().max() {
+            return Ok(Gate::Refused(ApiError::Shedding {
+                retry_after_s: retry_after_secs(wait),
+            }));
+        }
+        let Some(product) = self.product(&body.sku).await? else {
+            return Ok(Gate::Refused(ApiError::NotFound("product")));
+        };
+        let refusal = if !product.sale_open(now) {
+            Some(ApiError::SaleNotOpen)
+        } else if product.sold_out {
+            Some(ApiError::SoldOut)
+        } else if product
+            .per_user_limit
+            .is_some_and(|limit| body.quantity.get() > limit)
+        {
+            Some(ApiError::PurchaseLimit)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Gate::Refused(refusal));
+        }
+        // A fresh clock: the bucket compares it with other instances' writes. Watched, not
+        // called: with no limit set it reaches nothing, so its success proves nothing.
+        if let Err(wait) = self
+            .dynamodb
+            .watch(self.store.take_token(user, now_ms()))
+            .await?
+        {
+            return Ok(Gate::Refused(ApiError::RateLimited {
+                retry_after_s: retry_after_secs(wait),
+            }));
+        }
+        Ok(Gate::Open(product))
     }
 
     /// The 202 for `current`, new or replayed.
@@ -218,4 +251,17 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
             }),
         ))
     }
+}
+
+/// What [`PlaceOrder::gate`] decided before the write.
+enum Gate {
+    /// Go on and write the order, of this product.
+    Open(Product),
+    /// Answer this, unless the key names a stored order.
+    Refused(ApiError),
+}
+
+/// Whether `existing` is the order this request would have written: a replay.
+fn same_request(existing: &Order, owner: &UserId, body: &OrderRequest) -> bool {
+    existing.fingerprint == body.fingerprint() && existing.owner == *owner
 }

@@ -1,10 +1,13 @@
 //! The SQS consumer: decides a batch of queued orders. Orders are read back from the table
 //! (the message only names them), grouped by product, and each group is committed with one
-//! transaction per stock write (see `flash_domain::commit`). A message that is not an order, or
-//! disagrees with the order it names, is reported failed alone so SQS retries it and finally
-//! moves it to the DLQ; the rest of the batch still succeeds. A message naming no stored order
-//! is the re-drive copy of an order whose write never happened (`place-order` sends the copy
-//! first): there is nothing to decide, and it is dropped.
+//! transaction per stock write (see `flash_domain::commit`). Only a record that is not an order
+//! message at all is reported failed, alone, so SQS retries it and finally moves it to the DLQ;
+//! the rest of the batch still succeeds. A message that names no stored order, or disagrees with
+//! the order it names, is acknowledged and counted (a warning and the `IgnoredMessages` metric),
+//! never failed: `place-order` sends its re-drive copy before its write, so a buyer who reuses an
+//! Idempotency-Key with another body, or is refused by the purchase limit, leaves such a copy
+//! behind. Retrying it could never change the stored order, and failing it would let any buyer
+//! fill the DLQ, whose alarm rolls deployments back.
 //!
 //! Every order the batch leaves `pending` gets its payment timeout scheduled
 //! ([`ProcessOrders::process_and_schedule`]), including orders an earlier delivery accepted:
@@ -31,6 +34,9 @@ pub struct BatchReport {
     pub already_decided: usize,
     pub transactions: usize,
     pub failed: usize,
+    /// Order messages acknowledged without effect: they name no stored order, or disagree with
+    /// the one they name.
+    pub ignored: usize,
     /// The orders this batch left `pending`, newly accepted or found so: each needs its
     /// payment timeout scheduled.
     pub due: Vec<PaymentDue>,
@@ -73,16 +79,18 @@ impl<S: Store> ProcessOrders<S> {
                 return finish(failed, report);
             }
         };
-        // Trust the stored order, and only the records that agree with it: each record that
-        // disagrees fails alone.
+        // Trust the stored order, and only the records that agree with it: the others are
+        // acknowledged, since no retry can make them agree.
         let stored: HashMap<OrderId, Order> =
             orders.into_iter().map(|o| (o.id.clone(), o)).collect();
         let mut agreeing: HashMap<OrderId, Vec<String>> = HashMap::new();
+        let (mut no_order, mut disagrees) = (0, 0);
         for (id, records) in carriers {
             for (message_id, m) in records {
                 match stored.get(&id) {
                     None => {
-                        tracing::warn!(order_id = %id, message_id, "message names no stored order; dropped");
+                        tracing::warn!(order_id = %id, message_id, "message names no stored order; ignored");
+                        no_order += 1;
                     }
                     Some(o)
                         if m.sku == o.sku && m.quantity == o.quantity && m.user_id == o.owner =>
@@ -90,10 +98,21 @@ impl<S: Store> ProcessOrders<S> {
                         agreeing.entry(id.clone()).or_default().push(message_id);
                     }
                     Some(_) => {
-                        tracing::warn!(order_id = %id, message_id, "message disagrees with its order");
-                        failed.push(message_id);
+                        tracing::warn!(order_id = %id, message_id, "message disagrees with its order; ignored");
+                        disagrees += 1;
                     }
                 }
+            }
+        }
+        report.ignored = no_order + disagrees;
+        for (reason, n) in [("no_order", no_order), ("disagrees", disagrees)] {
+            if n > 0 {
+                telemetry::metric(
+                    "IgnoredMessages",
+                    n as f64,
+                    Unit::Count,
+                    &[("Function", "process-orders"), ("Reason", reason)],
+                );
             }
         }
         let carriers = agreeing;

@@ -11,6 +11,7 @@ use lambda_http::{Body, Request, Response};
 use place_order::PlaceOrder;
 use process_orders::{BatchReport, ProcessOrders};
 use products::Products;
+use std::time::Duration;
 
 /// A function behind an HTTP API route.
 pub enum HttpFunction {
@@ -21,11 +22,19 @@ pub enum HttpFunction {
 }
 
 impl HttpFunction {
-    /// The function for a binary name, if it is an HTTP one.
-    pub fn build(binary: &str, store: &DynamoStore, queue: &SqsQueue) -> Option<Self> {
+    /// The function for a binary name, if it is an HTTP one. `redrive_delay` is place-order's
+    /// `REDRIVE_DELAY_SECONDS`, parsed once by the caller as its `main.rs` does.
+    pub fn build(
+        binary: &str,
+        store: &DynamoStore,
+        queue: &SqsQueue,
+        redrive_delay: Duration,
+    ) -> Option<Self> {
         let store = store.clone();
         Some(match binary {
-            "place-order" => Self::PlaceOrder(Box::new(PlaceOrder::new(store, queue.clone()))),
+            "place-order" => Self::PlaceOrder(Box::new(
+                PlaceOrder::new(store, queue.clone()).with_redrive_delay(redrive_delay),
+            )),
             "get-order" => Self::GetOrder(GetOrder { store }),
             "advance-order" => Self::AdvanceOrder(AdvanceOrder { store }),
             "products" => Self::Products(Products { store }),

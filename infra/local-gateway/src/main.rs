@@ -22,6 +22,8 @@ const USAGE: &str = "usage:
 /// `sam local start-api`'s port.
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_TTL_S: u64 = 3600;
+/// Variables whose value in the gateway's own environment wins over `stack.env`'s.
+const CALLER_KNOBS: [&str; 2] = ["RUST_LOG", "REDRIVE_DELAY_SECONDS"];
 /// How long pollers may take to finish their batch in hand once shutdown begins.
 const POLLER_DRAIN: Duration = Duration::from_secs(4);
 
@@ -106,13 +108,21 @@ fn main() -> ExitCode {
 
 fn serve(state: PathBuf, port: u16) -> Result<()> {
     // The SDK and the functions' configuration read the environment: load the stack's before
-    // any thread starts. A RUST_LOG given by the caller wins over the template's.
-    let caller_log = std::env::var_os("RUST_LOG");
+    // any thread starts. The knobs given by the caller (`make up REDRIVE_DELAY_SECONDS=3`)
+    // win over the template's values.
+    let knobs: Vec<_> = CALLER_KNOBS
+        .iter()
+        .filter_map(|k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| (*k, v))
+        })
+        .collect();
     for (key, value) in read_stack_env(&state)? {
         std::env::set_var(key, value);
     }
-    if let Some(level) = caller_log {
-        std::env::set_var("RUST_LOG", level);
+    for (key, value) in knobs {
+        std::env::set_var(key, value);
     }
     flash_aws::telemetry::init();
     if jwt::ensure_keys(&state)? {
@@ -127,6 +137,11 @@ fn serve(state: PathBuf, port: u16) -> Result<()> {
 
 async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
     let app = flash_aws::Config::from_env(true)?;
+    let redrive_delay = flash_aws::config::redrive_delay_from_env()?;
+    tracing::info!(
+        redrive_delay_s = redrive_delay.as_secs(),
+        "place-order's re-drive copies arrive this long after their order"
+    );
     let sdk = flash_aws::config::sdk_config().await;
     let store = DynamoStore::from_config(&sdk, &app.table_name);
     let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
@@ -134,7 +149,7 @@ async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
 
     let mut functions = HashMap::new();
     for route in &config.routes {
-        if let Some(function) = HttpFunction::build(&route.binary, &store, &queue) {
+        if let Some(function) = HttpFunction::build(&route.binary, &store, &queue, redrive_delay) {
             functions.insert(route.binary.clone(), Arc::new(function));
         }
     }
