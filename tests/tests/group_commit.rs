@@ -88,6 +88,8 @@ enum Happened {
     },
     /// A cancel or refund gave `units` back.
     Returned { units: u32 },
+    /// Processor `who`'s commit reached the store (it landed or was refused).
+    Committed { who: usize },
 }
 
 /// Shared by every [`Rig`] of one test.
@@ -219,6 +221,7 @@ impl Store for Rig {
             }));
         }
         let r = self.store.commit(sku, c).await;
+        self.note(Happened::Committed { who: self.who });
         if matches!(r, Ok(Ok(()))) && take_one(&self.shared.lost_replies) {
             return Err(PortError::degraded("commit", "timed out after it landed"));
         }
@@ -283,18 +286,22 @@ fn deadline_in(
     }
 }
 
-/// Each order rejected `sold_out` must not fit what is left at the end, once the units
-/// returned after the read its rejection rests on are set aside. A rejection can be no more
-/// current than the last shard read of the processor that wrote it, and a unit returned after
-/// that read may simply have come too late; a unit that was there at the read and is still
-/// there at the end was stranded. Answers the violations, readably.
-fn stranded_by_rejections(journal: &[Happened], available: u64) -> Vec<String> {
+/// Two promises about each rejection in `journal`, answered as readable violations:
+///
+/// - It rests on a shard read its processor made after its last commit: a rejection written
+///   before a commit, or on values learned from one, assumes what that commit did or did not
+///   take.
+/// - A `sold_out` order does not fit what is left at the end, once the units returned after
+///   that read are set aside. A rejection can be no more current than the read it rests on,
+///   and a unit returned after it may simply have come too late; a unit that was there at the
+///   read and is still there at the end was stranded.
+fn rejections_without_proof(journal: &[Happened], available: u64) -> Vec<String> {
     let mut found = Vec::new();
     for (at, h) in journal.iter().enumerate() {
         let Happened::Rejected {
             who,
             quantity,
-            reason: Reason::SoldOut,
+            reason,
             id,
         } = h
         else {
@@ -303,6 +310,18 @@ fn stranded_by_rejections(journal: &[Happened], available: u64) -> Vec<String> {
         let read = journal[..at]
             .iter()
             .rposition(|h| matches!(h, Happened::Read { who: w } if w == who));
+        let commit = journal[..at]
+            .iter()
+            .rposition(|h| matches!(h, Happened::Committed { who: w } if w == who));
+        if commit.is_some() && read < commit {
+            found.push(format!(
+                "order {id} rejected {reason:?} by processor {who} with no shard read since \
+                 its last commit"
+            ));
+        }
+        if *reason != Reason::SoldOut {
+            continue;
+        }
         let returned_since: u64 = journal[read.map_or(0, |r| r + 1)..]
             .iter()
             .map(|h| match h {
@@ -376,7 +395,7 @@ async fn an_order_is_not_rejected_sold_out_on_a_plan_whose_commit_was_refused() 
     // AND the one unit left is less than A wanted: nothing a rejected order fits is stranded
     assert_eq!(store.available(&sku()), 1);
     assert_eq!(
-        stranded_by_rejections(&rig.journal(), 1),
+        rejections_without_proof(&rig.journal(), 1),
         Vec::<String>::new()
     );
 }
@@ -496,7 +515,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
             "conservation: {available} available + {held} held != {stock} added"
         ));
     }
-    problems.extend(stranded_by_rejections(&rig.journal(), available));
+    problems.extend(rejections_without_proof(&rig.journal(), available));
     if let Some(limit) = limit {
         for ((_, user), units) in &end.bought {
             if *units > i64::from(limit) {
@@ -635,6 +654,27 @@ async fn past_the_deadline_the_group_is_handed_back_without_rejecting_anything()
     assert!(tries >= 3, "only {tries} tries in 3 s");
     // AND the order its plan would have rejected is still queued: nothing was written
     assert_eq!(store.snapshot(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_reached_past_the_deadline_is_handed_back_untouched() {
+    // GIVEN two queued orders, and an invocation already at its deadline (an earlier group of
+    // the batch used the time up)
+    let (store, p, orders) = two_orders(1);
+    let calls = store.calls();
+    // WHEN the group comes up
+    let result = decide_group(
+        &store,
+        &p,
+        &orders,
+        now_ms(),
+        0,
+        &deadline_in(Duration::ZERO),
+    )
+    .await;
+    // THEN it is handed back without a single store call
+    assert!(result.is_err());
+    assert_eq!(store.calls(), calls);
 }
 
 #[tokio::test(start_paused = true)]
