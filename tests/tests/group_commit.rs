@@ -264,11 +264,11 @@ impl Store for Rig {
 
 /// A deadline that never comes, waiting by yielding (the in-memory store never throttles
 /// unless told to).
-fn no_deadline() -> Deadline<fn() -> Millis, fn(Duration) -> BoxFuture<'static, ()>> {
+fn no_deadline() -> Deadline<impl Fn() -> Millis, impl Fn(Duration) -> BoxFuture<'static, ()>> {
     Deadline {
         at: Millis::MAX,
         now: now_ms,
-        pause: |_| Box::pin(tokio::task::yield_now()),
+        pause: |_| -> BoxFuture<'static, ()> { Box::pin(tokio::task::yield_now()) },
     }
 }
 
