@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let processor = ProcessOrders {
         store: world.store.clone(),
     };
-    let (resp, _) = block_on(processor.process(event));
+    let (resp, _) = block_on(processor.process(event, flash_domain::clock::now_ms() + 30_000));
     let failed: Vec<&str> = resp
         .batch_item_failures
         .iter()

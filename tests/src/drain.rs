@@ -123,7 +123,9 @@ pub async fn drain<S: Store>(
                 continue;
             }
             let event = received_event(&msgs);
-            let (resp, report) = handler.process(event).await;
+            let (resp, report) = handler
+                .process(event, crate::fixtures::invocation_deadline())
+                .await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures
                 .iter()

@@ -152,3 +152,9 @@ pub fn sqs_event(messages: &[(String, String)]) -> SqsEvent {
         .collect();
     serde_json::from_value(e).expect("fixture is a valid SQS event")
 }
+
+/// The end of an SQS-triggered invocation that starts now, as Lambda's context gives it
+/// (epoch ms): now plus process-orders' `Timeout` in template.yaml.
+pub fn invocation_deadline() -> flash_domain::clock::Millis {
+    flash_domain::clock::now_ms() + 30_000
+}

@@ -160,7 +160,12 @@ impl World {
         let processor = ProcessOrders {
             store: world.store.clone(),
         };
-        let (resp, _) = processor.process(world.queue.take_event()).await;
+        let (resp, _) = processor
+            .process(
+                world.queue.take_event(),
+                flash_tests::fixtures::invocation_deadline(),
+            )
+            .await;
         assert!(resp.batch_item_failures.is_empty());
         assert_eq!(world.status(&world.pending), OrderStatus::Pending);
         world
@@ -1039,7 +1044,10 @@ async fn an_sqs_record_that_is_not_an_order_is_the_only_failure_of_its_batch_and
         // WHEN the bad record arrives alone
         let before = world.written();
         let (alone, _) = processor
-            .process(sqs(&[("bad".into(), body.clone())]))
+            .process(
+                sqs(&[("bad".into(), body.clone())]),
+                flash_tests::fixtures::invocation_deadline(),
+            )
             .await;
         // THEN it is reported failed, and nothing is written
         if failures(&alone) != ["bad"] {
@@ -1054,7 +1062,9 @@ async fn an_sqs_record_that_is_not_an_order_is_the_only_failure_of_its_batch_and
             ("bad".into(), body),
             ("m-carol".into(), Some(message_body(&sent[1]))),
         ]);
-        let (resp, report) = processor.process(batch).await;
+        let (resp, report) = processor
+            .process(batch, flash_tests::fixtures::invocation_deadline())
+            .await;
         // THEN it alone is reported failed, and both orders are decided
         if failures(&resp) != ["bad"] || report.accepted != 2 {
             wrong.push(format!(

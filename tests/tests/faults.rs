@@ -580,7 +580,13 @@ impl World {
         };
         let event = delivered(batch);
         let timeouts = inv.wrap(TimeoutsQueue(self.timeouts.clone()));
-        let (resp, report) = h.process_and_schedule(&timeouts, event).await;
+        let (resp, report) = h
+            .process_and_schedule(
+                &timeouts,
+                event,
+                flash_tests::fixtures::invocation_deadline(),
+            )
+            .await;
         if std::env::var_os("FAULT_TRACE").is_some() {
             let ids: Vec<&str> = batch.iter().map(|d| d.message_id.as_str()).collect();
             println!(
@@ -1766,12 +1772,26 @@ async fn live_drain(
         let failed = if rng.random_bool(0.3) {
             live.tally(Kind::ConcurrentDuplicateDelivery);
             let (a, b) = futures::join!(
-                processor.process(received_event(&msgs)),
-                processor.process(received_event(&msgs))
+                processor.process(
+                    received_event(&msgs),
+                    flash_tests::fixtures::invocation_deadline()
+                ),
+                processor.process(
+                    received_event(&msgs),
+                    flash_tests::fixtures::invocation_deadline()
+                )
             );
             failed_ids(&a.0).union(&failed_ids(&b.0)).cloned().collect()
         } else {
-            failed_ids(&processor.process(received_event(&msgs)).await.0)
+            failed_ids(
+                &processor
+                    .process(
+                        received_event(&msgs),
+                        flash_tests::fixtures::invocation_deadline(),
+                    )
+                    .await
+                    .0,
+            )
         };
         let done: Vec<&aws_sdk_sqs::types::Message> = msgs
             .iter()
@@ -1811,7 +1831,9 @@ async fn live_poison_batch(live: &Live, stack: &Stack, url: &str) {
     let h = ProcessOrders {
         store: stack.clean.clone(),
     };
-    let (resp, _) = h.process(event).await;
+    let (resp, _) = h
+        .process(event, flash_tests::fixtures::invocation_deadline())
+        .await;
     let expected: HashSet<String> = poison.iter().filter_map(|m| m.message_id.clone()).collect();
     if failed_ids(&resp) != expected {
         live.fail(format!(
@@ -2023,7 +2045,12 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
     let clean = ProcessOrders {
         store: stack.clean.clone(),
     };
-    let (resp, _) = clean.process(sqs_event(&late)).await;
+    let (resp, _) = clean
+        .process(
+            sqs_event(&late),
+            flash_tests::fixtures::invocation_deadline(),
+        )
+        .await;
     let expected: HashSet<String> = dead.iter().filter_map(|m| m.message_id.clone()).collect();
     if failed_ids(&resp) != expected {
         live.fail(format!(

@@ -173,7 +173,9 @@ impl Env {
         let h = ProcessOrders {
             store: self.store.clone(),
         };
-        let (resp, report) = h.process(event).await;
+        let (resp, report) = h
+            .process(event, flash_tests::fixtures::invocation_deadline())
+            .await;
         (failures(&resp), report)
     }
 

@@ -266,7 +266,9 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
             let (process, gate) = (process.clone(), gate.clone());
             tokio::spawn(async move {
                 let _permit = gate.acquire().await.expect("semaphore");
-                process.handle(event).await
+                process
+                    .handle(event, flash_tests::fixtures::invocation_deadline())
+                    .await
             })
         })
         .collect();

@@ -80,7 +80,11 @@ impl Env {
     async fn process(&self, event: SqsEvent) -> (Vec<String>, BatchReport) {
         let (resp, report) = self
             .processor()
-            .process_and_schedule(&self.timeouts, event)
+            .process_and_schedule(
+                &self.timeouts,
+                event,
+                flash_tests::fixtures::invocation_deadline(),
+            )
             .await;
         (failures(&resp), report)
     }
@@ -220,7 +224,10 @@ async fn a_redelivery_after_a_crash_before_scheduling_schedules_the_pending_orde
     let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
     let id = env.place("alice", "k1", 1).await;
     let event = env.queue.take_event();
-    let (_, crashed) = env.processor().process(event.clone()).await;
+    let (_, crashed) = env
+        .processor()
+        .process(event.clone(), flash_tests::fixtures::invocation_deadline())
+        .await;
     assert_eq!(crashed.accepted, 1);
     assert_eq!(env.timeouts.calls(), 0);
     // WHEN SQS delivers the same message again

@@ -95,7 +95,11 @@ impl Sale {
             }
             let (resp, _) = self
                 .process
-                .process_and_schedule(&self.timeouts, received_event(&msgs))
+                .process_and_schedule(
+                    &self.timeouts,
+                    received_event(&msgs),
+                    flash_tests::fixtures::invocation_deadline(),
+                )
                 .await;
             assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
             let done: Vec<_> = msgs.iter().collect();

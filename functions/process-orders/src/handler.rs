@@ -18,13 +18,22 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use flash_aws::sqs::parse_records;
 use flash_aws::telemetry::{self, Unit};
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::commit::{by_product, decide_group, GroupReport};
+use flash_domain::commit::{by_product, decide_group, Deadline, GroupReport};
 use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
 use flash_domain::ports::{PortError, Store};
 use flash_domain::{Order, OrderId, OrderMessage, Reason};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+/// Kept back from the invocation's deadline: a group stops retrying this long before Lambda
+/// would end the invocation, so the attempt in flight can finish (a throttled DynamoDB call
+/// answers within a second or so; the SDK caps any call at its 6 s operation timeout), the
+/// payment timeouts can be scheduled and the batch response can name the records still
+/// failed. A function killed at its timeout fails its whole batch, and every record of it then
+/// waits out the queue's visibility timeout.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What one batch did, for logs and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -51,11 +60,17 @@ pub struct ProcessOrders<S> {
 impl<S: Store> ProcessOrders<S> {
     /// Decides the batch without scheduling payment timeouts; the deployed function runs
     /// [`process_and_schedule`](Self::process_and_schedule).
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        self.process(event).await.0
+    pub async fn handle(&self, event: SqsEvent, deadline: Millis) -> SqsBatchResponse {
+        self.process(event, deadline).await.0
     }
 
-    pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, BatchReport) {
+    /// `deadline` is when the invocation ends (epoch ms, as Lambda's context gives it): a
+    /// group that meets throttling or conflicts is retried until [`DEADLINE_MARGIN`] before it.
+    pub async fn process(
+        &self,
+        event: SqsEvent,
+        deadline: Millis,
+    ) -> (SqsBatchResponse, BatchReport) {
         let mut report = BatchReport::default();
         let (messages, mut failed) = parse_records::<OrderMessage>(event, "an order");
         // order id → the records that named it, each with its own message (a batch may hold
@@ -127,24 +142,25 @@ impl<S: Store> ProcessOrders<S> {
         ids.first().hash(&mut h);
         let start = h.finish() as usize;
         let now = now_ms();
+        let until = Deadline {
+            at: deadline.saturating_sub(DEADLINE_MARGIN.as_millis() as Millis),
+            now: now_ms,
+            pause: tokio::time::sleep,
+        };
         for (sku, group) in by_product(orders) {
             let result = match self.store.get_product(&sku).await {
                 Ok(Some(product)) => {
-                    let decided = decide_group(
-                        &self.store,
-                        &product,
-                        &group,
-                        now,
-                        start,
-                        tokio::time::sleep,
-                    )
-                    .await;
+                    let decided =
+                        decide_group(&self.store, &product, &group, now, start, &until).await;
                     if let Ok(r) = &decided {
                         report.due.extend(
                             r.accepted
                                 .iter()
                                 .map(|id| PaymentDue::accepted(id.clone(), &product, now)),
                         );
+                        report
+                            .due
+                            .extend(r.found_pending.iter().filter_map(PaymentDue::of));
                     }
                     decided
                 }
@@ -169,6 +185,7 @@ impl<S: Store> ProcessOrders<S> {
                         already_decided = r.already_decided.len(),
                         transactions = r.transactions,
                         refused = r.refused,
+                        throttled = r.throttled,
                         "group decided"
                     );
                 }
@@ -193,8 +210,9 @@ impl<S: Store> ProcessOrders<S> {
         &self,
         timeouts: &T,
         event: SqsEvent,
+        deadline: Millis,
     ) -> (SqsBatchResponse, BatchReport) {
-        let (mut response, report) = self.process(event).await;
+        let (mut response, report) = self.process(event, deadline).await;
         if report.due.is_empty() {
             return (response, report);
         }
@@ -239,6 +257,7 @@ fn emit_metrics(group: &[Order], r: &GroupReport, now: Millis) {
         ("OrdersAccepted", r.accepted.len() as f64, Unit::Count),
         ("UnitsSold", f64::from(units), Unit::Count),
         ("Conflicts", r.conflicts as f64, Unit::Count),
+        ("Throttles", r.throttled as f64, Unit::Count),
     ];
     if r.transactions > 0 {
         let size = r.accepted.len() as f64 / r.transactions as f64;

@@ -14,7 +14,11 @@ async fn main() -> Result<(), Error> {
     };
     let timeouts = &SqsTimeouts::from_config(&sdk, payment_timeouts_queue_url()?);
     run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        let (response, _) = handler.process_and_schedule(timeouts, event.payload).await;
+        // Lambda's deadline for this invocation, in epoch ms.
+        let deadline = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        let (response, _) = handler
+            .process_and_schedule(timeouts, event.payload, deadline)
+            .await;
         Ok::<_, Error>(response)
     }))
     .await

@@ -11,6 +11,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
 };
 use base64::Engine as _;
+use flash_domain::clock::{now_ms, Millis};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -157,8 +158,11 @@ impl EventSource {
             }
         };
         let function = self.function.clone();
-        let mut task = tokio::spawn(async move { function.invoke(event).await });
         let timeout = Duration::from_secs(self.mapping.timeout_s);
+        // What Lambda's context would say: the invocation ends at its start plus the
+        // function's `Timeout` from template.yaml, when the gateway gives up on it below.
+        let deadline = now_ms().saturating_add(timeout.as_millis() as Millis);
+        let mut task = tokio::spawn(async move { function.invoke(event, deadline).await });
         let (outcome, report) = match tokio::time::timeout(timeout, &mut task).await {
             Ok(Ok((response, report))) => (
                 judge(&response, &ids, self.mapping.report_batch_item_failures),

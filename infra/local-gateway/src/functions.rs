@@ -6,6 +6,7 @@ use advance_order::AdvanceOrder;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use expire_orders::ExpireOrders;
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
+use flash_domain::clock::Millis;
 use get_order::GetOrder;
 use lambda_http::{Body, Request, Response};
 use place_order::PlaceOrder;
@@ -76,11 +77,16 @@ impl SqsFunction {
         }
     }
 
-    /// The function's answer, and what the batch did for the log.
-    pub async fn invoke(&self, event: SqsEvent) -> (SqsBatchResponse, Option<BatchReport>) {
+    /// The function's answer, and what the batch did for the log. `deadline` (epoch ms) is
+    /// when the invocation times out, as Lambda's context gives it to the deployed function.
+    pub async fn invoke(
+        &self,
+        event: SqsEvent,
+        deadline: Millis,
+    ) -> (SqsBatchResponse, Option<BatchReport>) {
         match self {
             Self::ProcessOrders(f, timeouts) => {
-                let (response, report) = f.process_and_schedule(timeouts, event).await;
+                let (response, report) = f.process_and_schedule(timeouts, event, deadline).await;
                 (response, Some(report))
             }
             // It logs what it did itself; the batch line counts messages and failures.
