@@ -675,9 +675,12 @@ impl FakeQueue {
 
 /// Where a consumer hands its failed records back (SQS's `ChangeMessageVisibility`) in
 /// memory: records each call's (receipt handle, delay) pairs.
+/// One call: (receipt handle, delay) per message.
+type HandBack = Vec<(String, Duration)>;
+
 #[derive(Clone, Default)]
 pub struct FakeRedelivery {
-    calls: Arc<Mutex<Vec<Vec<(String, Duration)>>>>,
+    calls: Arc<Mutex<Vec<HandBack>>>,
 }
 
 impl FakeRedelivery {
