@@ -95,11 +95,14 @@ GATEWAY := target/local/local-gateway
 # DynamoDB Local, fauxqs, the tables and queues of template.yaml, and the local gateway (API
 # Gateway with its JWT authorizer, and the SQS event source) on 127.0.0.1:$(PORT). Writes
 # $(UP_STATE)/stack.env; the last line printed is API_URL=... REDRIVE_DELAY_SECONDS=N sets
-# place-order's re-drive delay (template.yaml's 900 s otherwise).
+# place-order's re-drive delay (template.yaml's 900 s otherwise). With CAPACITY_SCALE=F the
+# functions reach DynamoDB through the capacity model (1,000 WU/s x F per item and per
+# partition key, transaction conflicts), so a local sale throttles as on DynamoDB; off by default.
 up: tools
 	$(LOCAL_BUILD)
 	$(if $(REDRIVE_DELAY_SECONDS),REDRIVE_DELAY_SECONDS='$(REDRIVE_DELAY_SECONDS)') \
-	  $(PY) infra/stack.py up --state $(UP_STATE) --gateway-port $(PORT) --gateway-bin $(GATEWAY)
+	  $(PY) infra/stack.py up --state $(UP_STATE) --gateway-port $(PORT) --gateway-bin $(GATEWAY) \
+	  $(if $(CAPACITY_SCALE),--capacity-scale $(CAPACITY_SCALE))
 
 # Stops what `make up` started, by the pids it recorded, and says what it stopped.
 down: | $(VENV)/.installed

@@ -8,8 +8,10 @@ with the endpoints, dummy credentials and every function environment variable of
 template resolved to local values, and STATE/gateway.json: the template's HTTP API routes,
 SQS event source mappings and JWT authorizer, for infra/local-gateway. With --gateway-port,
 `up` also starts that gateway (the local API Gateway and Lambda event source) on
-127.0.0.1:PORT, adds API_URL to stack.env and prints `API_URL=...` last. `down` stops what
-`up` started.
+127.0.0.1:PORT, adds API_URL to stack.env and prints `API_URL=...` last; with
+--capacity-scale F the gateway's functions reach DynamoDB through the capacity model (per-item
+write budgets of 1,000 WU/s x F, transaction conflicts) and stack.env says CAPACITY_SCALE=F.
+`down` stops what `up` started.
 
 State layout (STATE defaults to .local):
   STATE/pids/<name>.pid   one per emulator process
@@ -460,11 +462,14 @@ def gateway_config(template: dict[str, Any], resources: LocalResources) -> dict[
     }
 
 
-def start_gateway(state: Path, port: int, binary: Path) -> int:
-    """Starts the gateway on 127.0.0.1:port, waits until it answers, records API_URL."""
+def start_gateway(state: Path, port: int, binary: Path, capacity_scale: float | None = None) -> int:
+    """Starts the gateway on 127.0.0.1:port, waits until it answers, records API_URL (and
+    CAPACITY_SCALE when the capacity model is on)."""
     if not binary.is_file():
         raise StackError(f"{binary} not found: run `cargo build -p local-gateway`")
     command = [str(binary), "serve", "--state", str(state), "--port", str(port)]
+    if capacity_scale is not None:
+        command += ["--capacity-scale", repr(capacity_scale)]
     api_url = f"http://127.0.0.1:{port}"
 
     def probe() -> None:
@@ -484,7 +489,13 @@ def start_gateway(state: Path, port: int, binary: Path) -> int:
         stop(state, quiet=True, only={GATEWAY})
         raise
     env_file = state / "stack.env"
-    lines = [l for l in env_file.read_text().splitlines() if not l.startswith("API_URL=")]
+    lines = [
+        l
+        for l in env_file.read_text().splitlines()
+        if not l.startswith(("API_URL=", "CAPACITY_SCALE="))
+    ]
+    if capacity_scale is not None:
+        lines.append(f"CAPACITY_SCALE={capacity_scale!r}")
     env_file.write_text("\n".join([*lines, f"API_URL={api_url}"]) + "\n")
     log = state / "logs" / f"{GATEWAY}.log"
     print(f"gateway up (pid {process.pid}); log {log}", file=sys.stderr)
@@ -734,6 +745,16 @@ def cmd_down(state: Path) -> int:
     return 0
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -754,13 +775,21 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="the local-gateway binary (default: target/debug/local-gateway)",
     )
+    parser.add_argument(
+        "--capacity-scale",
+        type=positive_float,
+        help="up: the gateway's functions reach DynamoDB through the capacity model, "
+        "with per-item write budgets of 1,000 WU/s x F (off by default)",
+    )
     args = parser.parse_args(argv)
     state = args.state.resolve()
     try:
         if args.command == "up":
             status = cmd_up(state, args.template)
             if status == 0 and args.gateway_port is not None:
-                status = start_gateway(state, args.gateway_port, args.gateway_bin.resolve())
+                status = start_gateway(
+                    state, args.gateway_port, args.gateway_bin.resolve(), args.capacity_scale
+                )
             return status
         return cmd_down(state)
     except StackError as error:

@@ -9,7 +9,8 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use flash_domain::clock::Millis;
 use flash_domain::order::Transition;
 use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, ShardStock, Store,
+    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, Redelivery,
+    ShardStock, Store,
 };
 use flash_domain::token_bucket::{micros, TokenBucket};
 use flash_domain::{Order, OrderId, OrderMessage, OrderStatus, Product, Reason, Sku, UserId};
@@ -66,6 +67,19 @@ struct Faults {
     any: AtomicUsize,
     by_op: Mutex<HashMap<&'static str, usize>>,
     degraded: AtomicUsize,
+    degraded_by_op: Mutex<HashMap<&'static str, usize>>,
+}
+
+/// Takes one from `op`'s count in `map`, if it has any left.
+fn take_one(map: &Mutex<HashMap<&'static str, usize>>, op: &'static str) -> bool {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    match map.get_mut(op) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
 }
 
 impl Faults {
@@ -74,19 +88,11 @@ impl Faults {
             .degraded
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+            || take_one(&self.degraded_by_op, op)
         {
             return Err(PortError::degraded(op, "injected throttling"));
         }
-        let by_op = {
-            let mut map = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get_mut(op) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            }
-        };
+        let by_op = take_one(&self.by_op, op);
         let hit = by_op
             || self
                 .any
@@ -129,6 +135,18 @@ impl FakeStore {
     /// ([`PortError::Degraded`], what a circuit breaker counts).
     pub fn throttle(&self, n: usize) {
         self.inner.faults.degraded.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of one operation fail as DynamoDB throttling would; other operations
+    /// still work.
+    pub fn throttle_on(&self, op: &'static str, n: usize) {
+        let mut map = self
+            .inner
+            .faults
+            .degraded_by_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.insert(op, n);
     }
 
     /// Rate-limits callers with `bucket` from now on (`None`, the default: no limit).
@@ -652,6 +670,32 @@ impl FakeQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         by_op.insert(op, n);
+    }
+}
+
+/// Where a consumer hands its failed records back (SQS's `ChangeMessageVisibility`) in
+/// memory: records each call's (receipt handle, delay) pairs.
+/// One call: (receipt handle, delay) per message.
+type HandBack = Vec<(String, Duration)>;
+
+#[derive(Clone, Default)]
+pub struct FakeRedelivery {
+    calls: Arc<Mutex<Vec<HandBack>>>,
+}
+
+impl FakeRedelivery {
+    /// Every message handed back so far, in call order.
+    pub fn handed_back(&self) -> Vec<(String, Duration)> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.iter().flatten().cloned().collect()
+    }
+}
+
+impl Redelivery for FakeRedelivery {
+    async fn redeliver_after(&self, messages: &[(String, Duration)]) -> PortResult<()> {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.push(messages.to_vec());
+        Ok(())
     }
 }
 

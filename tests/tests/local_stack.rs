@@ -767,3 +767,131 @@ async fn once_sold_out_a_storm_of_buyers_costs_no_writes_until_a_cancel_returns_
     a.assert_invariants().assert_all_decided();
     assert_eq!((a.available, a.units_held), (0, 10));
 }
+
+/// A queue of its own with `VisibilityTimeout` 180 s, as the stack's queues have, whose
+/// messages move to a DLQ of their own after `max_receives` receives. Returns both URLs and
+/// the queue's ARN.
+async fn queue_with_dlq(name: &str, max_receives: u32) -> (String, String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = stack::sqs().await;
+    let unique = format!("{name}-{}", rand::random::<u32>());
+    let arn = |url: String| {
+        let sqs = sqs.clone();
+        async move {
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(A::QueueArn)
+                .send()
+                .await
+                .expect("GetQueueAttributes");
+            attrs.attributes.unwrap_or_default()[&A::QueueArn].clone()
+        }
+    };
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{unique}-dlq"))
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("url");
+    let redrive =
+        json!({"deadLetterTargetArn": arn(dlq.clone()).await, "maxReceiveCount": max_receives});
+    let url = sqs
+        .create_queue()
+        .queue_name(unique)
+        .attributes(A::VisibilityTimeout, "180")
+        .attributes(A::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("url");
+    let queue_arn = arn(url.clone()).await;
+    (url, dlq, queue_arn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_source_and_then_goes_to_the_dlq(
+) {
+    use local_gateway::config::SqsMapping;
+    use local_gateway::event_source::{EventSource, LONG_POLL_S};
+    use local_gateway::functions::SqsFunction;
+    use std::time::Instant;
+
+    // GIVEN a queue whose visibility timeout is 180 s and whose records go to its DLQ after
+    // 2 receives, consumed by process-orders through the local event source
+    let (url, dlq, arn) = queue_with_dlq("comes-back", 2).await;
+    let sdk = stack::sdk().await;
+    let mapping = SqsMapping {
+        function: "ProcessOrdersFunction".into(),
+        binary: "process-orders".into(),
+        timeout_s: 30,
+        queue_url: url.clone(),
+        queue_arn: arn,
+        batch_size: 10,
+        batching_window_s: 0,
+        max_concurrency: 1,
+        report_batch_item_failures: true,
+        enabled: true,
+    };
+    let function = SqsFunction::build(
+        "process-orders",
+        &stack::store().await,
+        &flash_aws::SqsTimeouts::from_config(&sdk, stack::var("PAYMENT_TIMEOUTS_QUEUE_URL")),
+        SqsQueue::from_config(&sdk, &url),
+    )
+    .expect("process-orders runs locally");
+    // The pollers' long polls outlast the functions' 2 s attempt timeout, as in the gateway.
+    let poller = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&sdk)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
+                    .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
+                    .build(),
+            )
+            .build(),
+    );
+    let source = Arc::new(EventSource::new(
+        mapping,
+        poller,
+        Arc::new(function),
+        "us-east-1",
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pollers = source.spawn(&stopped);
+
+    // WHEN a record that is no order arrives: process-orders reports it failed every time
+    let sqs = stack::sqs().await;
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body("not an order")
+        .send()
+        .await
+        .expect("SendMessage");
+    let sent = Instant::now();
+
+    // THEN it came back after 2 s (first receive) and 4 s (second), not 180 s, and the third
+    // receive moved it to the DLQ: about 6 s after it was sent
+    let mut in_dlq = None;
+    while sent.elapsed() < Duration::from_secs(20) {
+        let got = receive_batch(&sqs, &dlq, 1).await;
+        if let Some(m) = got.first() {
+            in_dlq = Some((sent.elapsed(), m.body().unwrap_or_default().to_owned()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    for p in pollers {
+        let _ = p.await;
+    }
+    let (after, body) = in_dlq.expect("the record reached the DLQ within 20 s, not 2 x 180 s");
+    assert_eq!(body, "not an order");
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_secs(15),
+        "in the DLQ after {after:?}: the backoff should be 2 s, then 4 s"
+    );
+}

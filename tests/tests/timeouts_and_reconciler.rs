@@ -8,9 +8,9 @@ use expire_orders::{ExpireOrders, ExpiryReport};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::MAX_DELAY_SECONDS;
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
-use flash_tests::fake::{FakeQueue, FakeStore};
+use flash_tests::fake::{FakeQueue, FakeRedelivery, FakeStore};
 use flash_tests::fake_expiry::{timeout_body, FakeTimeouts};
-use flash_tests::fixtures::{sqs_event, Req};
+use flash_tests::fixtures::{invocation_deadline, sqs_event, Req};
 use flash_tests::invariants::audit_state;
 use lambda_http::Body;
 use place_order::PlaceOrder;
@@ -405,6 +405,160 @@ async fn a_store_outage_fails_every_record_and_writes_nothing() {
     let (failed, report) = env.expire(Env::timeout_event(&[&a, &b])).await;
     assert_eq!((failed.len(), report.expired), (1, 1));
     env.assert_invariants();
+}
+
+// --- failures come back in seconds, not after the visibility timeout ------------------------
+
+/// `event` with each record's receipt handle `rh-<message id>` and the receive counts given,
+/// in order, as SQS would deliver a batch some of whose records came back before.
+fn received(mut event: SqsEvent, counts: &[u32]) -> SqsEvent {
+    for (r, n) in event.records.iter_mut().zip(counts) {
+        r.receipt_handle = Some(format!("rh-{}", r.message_id.clone().unwrap_or_default()));
+        r.attributes
+            .insert("ApproximateReceiveCount".into(), n.to_string());
+    }
+    event
+}
+
+#[tokio::test]
+async fn process_orders_hands_failed_records_back_after_a_backoff_from_their_receive_count() {
+    // GIVEN two orders whose records SQS delivered once and seven times, and a store that
+    // cannot read them
+    let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
+    env.place("alice", "k1", 1).await;
+    env.place("bob", "k1", 1).await;
+    let event = received(env.queue.take_event(), &[1, 7]);
+    env.store.fail_on("get_orders", 1);
+    // WHEN process-orders runs as deployed
+    let redelivery = FakeRedelivery::default();
+    let (resp, _) = env
+        .processor()
+        .process_and_hand_back(&env.timeouts, &redelivery, event, invocation_deadline())
+        .await;
+    // THEN both records fail and are handed back: the first after 2 s, the second after the
+    // one-minute cap (2^7 s would be over two minutes)
+    assert_eq!(failures(&resp), ["m0", "m1"]);
+    let mut handed = redelivery.handed_back();
+    handed.sort();
+    assert_eq!(
+        handed,
+        [
+            ("rh-m0".to_owned(), Duration::from_secs(2)),
+            ("rh-m1".to_owned(), Duration::from_secs(60))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn process_orders_hands_nothing_back_when_every_record_succeeds() {
+    let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
+    env.place("alice", "k1", 1).await;
+    let redelivery = FakeRedelivery::default();
+    let (resp, _) = env
+        .processor()
+        .process_and_hand_back(
+            &env.timeouts,
+            &redelivery,
+            env.queue.take_event(),
+            invocation_deadline(),
+        )
+        .await;
+    assert!(failures(&resp).is_empty());
+    assert!(redelivery.handed_back().is_empty());
+}
+
+#[tokio::test]
+async fn expire_orders_hands_a_failed_record_back_after_a_backoff_from_its_receive_count() {
+    // GIVEN a batch of a due timeout and a record that is no timeout, delivered for the
+    // third time
+    let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
+    let id = env.pending("alice", "k1", 1).await;
+    env.set_deadline(&id, now_ms() - 1);
+    let event = sqs_event(&[
+        ("t0".into(), timeout_body(&id)),
+        ("junk".into(), "not a timeout".into()),
+    ]);
+    let event = received(event, &[3, 3]);
+    // WHEN expire-orders runs as deployed
+    let redelivery = FakeRedelivery::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let resp = env.expirer().handle(&redelivery, event, deadline).await;
+    // THEN only the junk fails, handed back to come again after 2^3 s
+    assert_eq!(failures(&resp), ["junk"]);
+    assert_eq!(
+        redelivery.handed_back(),
+        [("rh-junk".to_owned(), Duration::from_secs(8))]
+    );
+    assert_eq!(env.order(&id).status, OrderStatus::Canceled);
+    env.assert_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_timeout_is_retried_within_the_invocation_and_applied() {
+    // GIVEN a due timeout whose write DynamoDB throttles five times running
+    let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
+    let id = env.pending("alice", "k1", 1).await;
+    env.set_deadline(&id, now_ms() - 1);
+    env.store.throttle_on("advance", 5);
+    // WHEN expire-orders runs with time left
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (resp, report) = env
+        .expirer()
+        .process_by(Env::timeout_event(&[&id]), deadline)
+        .await;
+    // THEN the sixth try cancels the order and nothing fails
+    assert!(failures(&resp).is_empty());
+    assert_eq!(report.expired, 1);
+    assert_eq!(env.order(&id).status, OrderStatus::Canceled);
+    env.assert_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_that_outlasts_the_invocation_fails_the_record_before_the_deadline() {
+    // GIVEN a due timeout whose write DynamoDB keeps throttling
+    let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
+    let id = env.pending("alice", "k1", 1).await;
+    env.set_deadline(&id, now_ms() - 1);
+    env.store.throttle_on("advance", usize::MAX);
+    // WHEN expire-orders has three seconds
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(3);
+    let (resp, _) = env
+        .expirer()
+        .process_by(Env::timeout_event(&[&id]), deadline)
+        .await;
+    // THEN it retried for a while, then gave the record back failed before the deadline
+    assert_eq!(failures(&resp), ["t0"]);
+    let spent = started.elapsed();
+    assert!(
+        spent > Duration::from_secs(1) && spent < Duration::from_secs(3),
+        "{spent:?}"
+    );
+    assert!(env.store.calls() > 5);
+    assert_eq!(env.order(&id).status, OrderStatus::Pending);
+    env.assert_invariants();
+}
+
+#[test]
+fn the_retry_deadline_keeps_a_safety_margin_before_lambdas_deadline() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let now = tokio::time::Instant::now();
+        let lambda = std::time::SystemTime::now() + Duration::from_secs(30);
+        let left = expire_orders::retry_deadline(lambda) - now;
+        let expected = Duration::from_secs(30) - expire_orders::SAFETY_MARGIN;
+        let slack = Duration::from_millis(100);
+        assert!(
+            left < expected + slack && left > expected - slack,
+            "{left:?}"
+        );
+        // A deadline already passed leaves no time at all, never a panic.
+        let past = std::time::SystemTime::now() - Duration::from_secs(5);
+        assert!(expire_orders::retry_deadline(past) <= tokio::time::Instant::now());
+    });
 }
 
 // --- pay against the deadline ------------------------------------------------------------------

@@ -5,26 +5,47 @@
 //! canceled meanwhile is left alone; one whose deadline is still ahead (a window longer than
 //! SQS's 15-minute delay) gets its message sent again with what remains.
 //!
-//! A message that is not a timeout, names no order, or whose order cannot be expired is
-//! reported failed alone, so SQS retries it and finally moves it to the DLQ; the rest of the
-//! batch still succeeds.
+//! Throttling and lost races with concurrent transactions are retried inside the invocation,
+//! with jittered backoff, while it has time left (the Lambda context's deadline less
+//! [`SAFETY_MARGIN`]). A message that is not a timeout, names no order, or whose order cannot
+//! be expired by then is reported failed alone and handed back to come again within seconds
+//! ([`ExpireOrders::handle`]); SQS finally moves it to the DLQ after `maxReceiveCount`
+//! receives. The rest of the batch still succeeds.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use flash_aws::sqs::parse_records;
+use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_domain::backoff::jittered;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};
-use flash_domain::ports::{PortError, PortResult, Store};
+use flash_domain::ports::{PortError, PortResult, Redelivery, Store};
 use flash_domain::{Order, OrderId, Sku};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
-/// Tries of one timeout that lost to concurrent transactions on the same stock shard (other
-/// timeouts, cancels, the processor) before its record is handed back to the queue.
-const CONTENTION_ATTEMPTS: u32 = 4;
-/// The wait after the first lost try, doubling after each ("full jitter" below it).
-const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
-const CONTENTION_BACKOFF_CAP: Duration = Duration::from_millis(320);
+/// The wait after the first throttled or lost try (concurrent transactions on the same stock
+/// shard: other timeouts, cancels, the processor), doubling after each ("full jitter" below
+/// it). Capped at a second: DynamoDB's write budgets refill every second.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// Time kept back from the invocation's deadline: a try started just before it can take the
+/// SDK's whole operation timeout (6 s, `flash_aws::config::sdk_config`), and the failed records
+/// must still be handed back and the answer sent before Lambda stops the invocation.
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(7);
+
+/// How long [`ExpireOrders::process`] retries when no Lambda context gives a deadline (tests,
+/// tools).
+const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
+
+/// The instant retries stop for an invocation that Lambda ends at `deadline`
+/// (`Context::deadline`): [`SAFETY_MARGIN`] before it.
+pub fn retry_deadline(deadline: SystemTime) -> Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left.saturating_sub(SAFETY_MARGIN)
+}
 
 /// What one batch did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,11 +73,34 @@ enum Outcome {
 }
 
 impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        self.process(event).await.0
+    /// The deployed function: [`process_by`](Self::process_by) `deadline` (see
+    /// [`retry_deadline`]), then each record it reports failed handed back through
+    /// `redelivery`, to come again after a backoff from its receive count (see
+    /// [`flash_aws::sqs::hand_back`]).
+    pub async fn handle<R: Redelivery>(
+        &self,
+        redelivery: &R,
+        event: SqsEvent,
+        deadline: Instant,
+    ) -> SqsBatchResponse {
+        let receipts = Receipts::of(&event);
+        let (response, _) = self.process_by(event, deadline).await;
+        hand_back(redelivery, &receipts, &response).await;
+        response
     }
 
+    /// [`process_by`](Self::process_by) with a few seconds for retries.
     pub async fn process(&self, event: SqsEvent) -> (SqsBatchResponse, ExpiryReport) {
+        self.process_by(event, Instant::now() + DEFAULT_BUDGET)
+            .await
+    }
+
+    /// The batch, with throttled and conflicting writes retried until `deadline`.
+    pub async fn process_by(
+        &self,
+        event: SqsEvent,
+        deadline: Instant,
+    ) -> (SqsBatchResponse, ExpiryReport) {
         let mut report = ExpiryReport::default();
         let (messages, mut failed) = parse_records::<TimeoutMessage>(event, "a payment timeout");
         // order id → the records that named it (duplicates are normal: at-least-once, and
@@ -97,7 +141,7 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
             let mut outcomes = Vec::with_capacity(group.len());
             for order in group {
                 let id = order.id.clone();
-                outcomes.push((id, self.expire_one(order, now).await));
+                outcomes.push((id, self.expire_one(order, now, deadline).await));
             }
             outcomes
         });
@@ -147,18 +191,20 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
         finish(failed, report)
     }
 
-    async fn expire_one(&self, order: Order, now: Millis) -> Outcome {
+    /// One timeout, tried again after throttling or a lost race as long as the wait ends
+    /// before `deadline`.
+    async fn expire_one(&self, order: Order, now: Millis, deadline: Instant) -> Outcome {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.try_expire(order.clone(), now).await {
-                Err(PortError::Contention) if attempt < CONTENTION_ATTEMPTS => {
-                    tokio::time::sleep(jittered(
-                        CONTENTION_BACKOFF,
-                        CONTENTION_BACKOFF_CAP,
-                        attempt,
-                    ))
-                    .await;
+                Err(e @ (PortError::Contention | PortError::Degraded { .. })) => {
+                    let wait = jittered(RETRY_BACKOFF, RETRY_BACKOFF_CAP, attempt);
+                    if Instant::now() + wait >= deadline {
+                        tracing::error!(order_id = %order.id, error = %e, attempt, "applying the timeout failed; no time left to retry");
+                        return Outcome::Failed("store unavailable");
+                    }
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     tracing::error!(order_id = %order.id, error = %e, "applying the timeout failed");

@@ -1,11 +1,16 @@
-//! The orders queue.
+//! The SQS side of the functions: sending order messages, reading a batch's records, the
+//! partial-batch answer, and handing the failed records back to come again within seconds.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use aws_sdk_sqs::Client;
-use flash_domain::ports::{PortError, PortResult, Queue};
+use flash_domain::ports::{PortError, PortResult, Queue, Redelivery};
 use flash_domain::OrderMessage;
+use std::collections::HashMap;
 use std::time::Duration;
 
+/// One queue: the orders queue `place-order` sends to, or the queue a consumer hands its failed
+/// records back to.
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
@@ -66,6 +71,136 @@ pub fn batch_response(mut failed: Vec<String>) -> SqsBatchResponse {
     resp
 }
 
+/// A failed record's first redelivery comes after 2 s (while its buyer still waits), each
+/// later one after twice as long as the one before, so a table that is still throttling is
+/// not hammered: 2, 4, 8, 16 s, about 30 s from the first receive to the fifth (the queues'
+/// `maxReceiveCount`), where waiting out the 180 s visibility timeout took 12 minutes.
+const REDELIVERY_BASE: Duration = Duration::from_secs(1);
+/// Never longer than a minute, whatever the count: a queue with a higher `maxReceiveCount`
+/// still retries every minute rather than every visibility timeout.
+const REDELIVERY_CAP: Duration = Duration::from_secs(60);
+
+/// How long a record that SQS has delivered `receive_count` times (its
+/// `ApproximateReceiveCount`) stays away before it comes back: 2^count s, at most a minute.
+pub fn redelivery_delay(receive_count: u32) -> Duration {
+    REDELIVERY_BASE
+        .saturating_mul(1 << receive_count.min(16))
+        .min(REDELIVERY_CAP)
+}
+
+/// What it takes to hand each record of a batch back: its receipt handle and how often SQS has
+/// delivered it, by message id. Taken from the event before the handler consumes it.
+#[derive(Debug, Default, Clone)]
+pub struct Receipts(HashMap<String, (String, u32)>);
+
+impl Receipts {
+    pub fn of(event: &SqsEvent) -> Self {
+        let receipts = event
+            .records
+            .iter()
+            .filter_map(|r| {
+                let id = r.message_id.clone()?;
+                let handle = r.receipt_handle.clone()?;
+                // Lambda always sends the count; a record without one was delivered at least
+                // once (this time).
+                let count = r
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                Some((id, (handle, count)))
+            })
+            .collect();
+        Self(receipts)
+    }
+}
+
+/// Hands the records `response` reports failed back through `redelivery`, each to come again
+/// after [`redelivery_delay`] of its receive count instead of the queue's visibility timeout.
+/// This never fails the batch: a record it cannot hand back (no receipt handle, a refused
+/// call) is logged and comes back after the visibility timeout, as it would have anyway.
+pub async fn hand_back<R: Redelivery>(
+    redelivery: &R,
+    receipts: &Receipts,
+    response: &SqsBatchResponse,
+) {
+    let mut messages = Vec::with_capacity(response.batch_item_failures.len());
+    for f in &response.batch_item_failures {
+        match receipts.0.get(&f.item_identifier) {
+            Some((handle, count)) => messages.push((handle.clone(), redelivery_delay(*count))),
+            None => tracing::warn!(
+                message_id = f.item_identifier,
+                "failed record has no receipt handle; it returns after the visibility timeout"
+            ),
+        }
+    }
+    if messages.is_empty() {
+        return;
+    }
+    if let Err(e) = redelivery.redeliver_after(&messages).await {
+        tracing::warn!(
+            error = %e,
+            records = messages.len(),
+            "handing failed records back failed; they return after the visibility timeout"
+        );
+    }
+}
+
+/// SQS's most entries per `ChangeMessageVisibilityBatch`.
+const VISIBILITY_BATCH_MAX: usize = 10;
+
+impl SqsQueue {
+    /// One `ChangeMessageVisibilityBatch` of at most ten entries.
+    async fn change_visibility(&self, messages: &[(String, Duration)]) -> PortResult<()> {
+        let mut entries = Vec::with_capacity(messages.len());
+        for (i, (handle, delay)) in messages.iter().enumerate() {
+            let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
+                // Entry ids only need to be unique within the call: the position.
+                .id(i.to_string())
+                .receipt_handle(handle)
+                .visibility_timeout(delay.as_secs().min(i32::MAX as u64) as i32)
+                .build()
+                .map_err(|e| PortError::unavailable("building ChangeMessageVisibilityBatch", e))?;
+            entries.push(entry);
+        }
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| crate::errors::port_error("sqs ChangeMessageVisibilityBatch", e))?;
+        // A batch call succeeds as a whole but may refuse single entries (a receipt handle
+        // that expired because the function ran past the visibility timeout).
+        match out.failed().first() {
+            None => Ok(()),
+            Some(f) => Err(PortError::unavailable(
+                "sqs ChangeMessageVisibilityBatch",
+                format!(
+                    "{} of {} entries refused: {} {}",
+                    out.failed().len(),
+                    messages.len(),
+                    f.code(),
+                    f.message().unwrap_or("")
+                ),
+            )),
+        }
+    }
+}
+
+impl Redelivery for SqsQueue {
+    async fn redeliver_after(&self, messages: &[(String, Duration)]) -> PortResult<()> {
+        let results = futures::future::join_all(
+            messages
+                .chunks(VISIBILITY_BATCH_MAX)
+                .map(|chunk| self.change_visibility(chunk)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+}
+
 /// SQS's longest `DelaySeconds`.
 const MAX_DELAY_S: u64 = 900;
 
@@ -92,5 +227,84 @@ impl Queue for SqsQueue {
     async fn send_later(&self, msg: &OrderMessage, delay: Duration) -> PortResult<()> {
         self.send_delayed(msg, delay.as_secs_f64().ceil() as u64)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Records what it was asked to hand back.
+    #[derive(Default)]
+    struct FakeRedelivery {
+        calls: Mutex<Vec<Vec<(String, Duration)>>>,
+    }
+
+    impl Redelivery for FakeRedelivery {
+        async fn redeliver_after(&self, messages: &[(String, Duration)]) -> PortResult<()> {
+            self.calls.lock().unwrap().push(messages.to_vec());
+            Ok(())
+        }
+    }
+
+    /// A batch whose records are (message id, receive count); each receipt handle is
+    /// `rh-<id>`.
+    fn event(records: &[(&str, u32)]) -> SqsEvent {
+        let records: Vec<_> = records
+            .iter()
+            .map(|(id, count)| {
+                json!({
+                    "messageId": id,
+                    "receiptHandle": format!("rh-{id}"),
+                    "body": "{}",
+                    "attributes": {"ApproximateReceiveCount": count.to_string()},
+                    "messageAttributes": {},
+                    "eventSource": "aws:sqs",
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_redelivery_delay_doubles_with_each_receive_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=8).map(|n| redelivery_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(redelivery_delay(u32::MAX), secs(60));
+    }
+
+    #[tokio::test]
+    async fn only_failed_records_are_handed_back_each_after_its_own_backoff() {
+        let batch = event(&[("a", 1), ("b", 3), ("c", 2), ("d", 40)]);
+        let receipts = Receipts::of(&batch);
+        let fake = FakeRedelivery::default();
+        hand_back(
+            &fake,
+            &receipts,
+            &batch_response(vec!["b".into(), "d".into()]),
+        )
+        .await;
+        let calls = fake.calls.into_inner().unwrap();
+        assert_eq!(
+            calls,
+            [vec![
+                ("rh-b".to_owned(), secs(8)),
+                ("rh-d".to_owned(), secs(60))
+            ]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_without_failures_hands_nothing_back() {
+        let batch = event(&[("a", 1)]);
+        let fake = FakeRedelivery::default();
+        hand_back(&fake, &Receipts::of(&batch), &batch_response(vec![])).await;
+        assert!(fake.calls.into_inner().unwrap().is_empty());
     }
 }

@@ -191,6 +191,18 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = PortResult<Result<(), Duration>>> + Send;
 }
 
+/// Where a queue consumer hands back the messages it reports failed, so they are delivered
+/// again after a delay of its choosing rather than the queue's whole visibility timeout
+/// (SQS's `ChangeMessageVisibility`).
+pub trait Redelivery: Send + Sync {
+    /// Each received message, named by its receipt handle, becomes visible again once its
+    /// delay has passed.
+    fn redeliver_after(
+        &self,
+        messages: &[(String, Duration)],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
 pub trait Queue: Send + Sync {
     fn send(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<()>> + Send;
     /// Sends `msg` to be delivered no earlier than `delay` from now (SQS holds a message back

@@ -13,14 +13,17 @@
 //! ([`ProcessOrders::process_and_schedule`]), including orders an earlier delivery accepted:
 //! a processor that died between its commit and the scheduling is made whole by the
 //! redelivery, and a second timeout message is harmless because the timeout is conditional.
+//!
+//! The records the batch still reports failed are handed back to come again within seconds
+//! ([`ProcessOrders::process_and_hand_back`]), not after the queue's 180 s visibility timeout.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use flash_aws::sqs::parse_records;
+use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::telemetry::{self, Unit};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{by_product, decide_group, Deadline, GroupReport};
 use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
-use flash_domain::ports::{PortError, Store};
+use flash_domain::ports::{PortError, Redelivery, Store};
 use flash_domain::{Order, OrderId, OrderMessage, Reason};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -203,7 +206,23 @@ impl<S: Store> ProcessOrders<S> {
 }
 
 impl<S: Store> ProcessOrders<S> {
-    /// The deployed function: [`process`](Self::process), then the payment timeout of every
+    /// The deployed function: [`process_and_schedule`](Self::process_and_schedule), then each
+    /// record it reports failed handed back through `redelivery`, to come again after a
+    /// backoff from its receive count (see [`flash_aws::sqs::hand_back`]).
+    pub async fn process_and_hand_back<T: PaymentTimeouts, R: Redelivery>(
+        &self,
+        timeouts: &T,
+        redelivery: &R,
+        event: SqsEvent,
+        deadline: Millis,
+    ) -> (SqsBatchResponse, BatchReport) {
+        let receipts = Receipts::of(&event);
+        let (response, report) = self.process_and_schedule(timeouts, event, deadline).await;
+        hand_back(redelivery, &receipts, &response).await;
+        (response, report)
+    }
+
+    /// [`process`](Self::process), then the payment timeout of every
     /// order the batch left pending. A record whose order's timeout could not be scheduled is
     /// reported failed, so SQS delivers it again and the redelivery schedules it.
     pub async fn process_and_schedule<T: PaymentTimeouts>(

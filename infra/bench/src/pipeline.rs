@@ -182,7 +182,9 @@ pub async fn run(
         &stack.sdk,
         flash_aws::config::payment_timeouts_queue_url()?,
     );
-    let function = SqsFunction::build("process-orders", &store, &timeouts)
+    // Failed records are handed back to the queue they came from, as deployed.
+    let source = SqsQueue::from_config(&stack.sdk, &mapping.queue_url);
+    let function = SqsFunction::build("process-orders", &store, &timeouts, source)
         .context("no local handler for process-orders")?;
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own, as in
     // the local gateway.

@@ -301,6 +301,9 @@ async fn main() -> anyhow::Result<()> {
         stock: args.stock,
         buyers: args.buyers,
         concurrency: args.concurrency,
+        capacity_scale: std::env::var("CAPACITY_SCALE")
+            .ok()
+            .and_then(|s| s.parse().ok()),
         accepted: buyers.iter().filter(|b| b.order_id.is_some()).count(),
         sold_units,
         rejected: rejected_by_reason.values().sum(),

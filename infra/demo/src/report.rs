@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
+    pub max: f64,
 }
 
 impl Percentiles {
@@ -21,6 +22,7 @@ impl Percentiles {
         Self {
             p50: round(at(0.50)),
             p99: round(at(0.99)),
+            max: round(at(1.0)),
         }
     }
 }
@@ -35,6 +37,8 @@ pub struct Report {
     pub stock: u64,
     pub buyers: usize,
     pub concurrency: usize,
+    /// The stack's `CAPACITY_SCALE` when its functions ran under the capacity model.
+    pub capacity_scale: Option<f64>,
     /// Orders answered 202.
     pub accepted: usize,
     pub sold_units: u64,
@@ -90,6 +94,12 @@ impl Report {
             "buyers / concurrency",
             format!("{} / {}", self.buyers, self.concurrency),
         );
+        if let Some(scale) = self.capacity_scale {
+            row(
+                "capacity model (WU/s per item)",
+                format!("{:.0} (x {scale})", 1000.0 * scale),
+            );
+        }
         row("accepted (202)", self.accepted.to_string());
         row("sold (units)", self.sold_units.to_string());
         row("rejected", self.rejected.to_string());
@@ -118,10 +128,12 @@ impl Report {
             format!("{} / {}", self.api_latency_ms.p50, self.api_latency_ms.p99),
         );
         row(
-            "time to decision p50 / p99 (ms)",
+            "time to decision p50 / p99 / max (ms)",
             format!(
-                "{} / {}",
-                self.decision_latency_ms.p50, self.decision_latency_ms.p99
+                "{} / {} / {}",
+                self.decision_latency_ms.p50,
+                self.decision_latency_ms.p99,
+                self.decision_latency_ms.max
             ),
         );
         row(

@@ -1,8 +1,10 @@
 //! Lambda's SQS event source mapping, run locally: pollers long-poll the queue, gather a batch
 //! (up to `batch_size` messages or `batching_window_s`, whichever comes first), invoke the
 //! function with an `SqsEvent`, and delete the messages it did not report as failed. Failed
-//! messages are left alone: they reappear after the queue's visibility timeout and the queue's
-//! redrive policy moves them to the DLQ after `maxReceiveCount`, as on AWS.
+//! messages are left alone, as on AWS: they reappear after the queue's visibility timeout, or
+//! sooner when the function shortened it with the record's receipt handle
+//! (`ChangeMessageVisibility`), and the queue's redrive policy moves them to the DLQ after
+//! `maxReceiveCount` receives.
 
 use crate::config::SqsMapping;
 use crate::functions::SqsFunction;
@@ -364,7 +366,8 @@ mod tests {
         let client = aws_sdk_sqs::Client::new(&sdk);
         let store = flash_aws::DynamoStore::from_config(&sdk, "OrdersTable");
         let timeouts = flash_aws::SqsTimeouts::from_config(&sdk, "http://127.0.0.1:1/q");
-        let function = SqsFunction::build("process-orders", &store, &timeouts).unwrap();
+        let queue = flash_aws::SqsQueue::from_config(&sdk, "http://127.0.0.1:1/q");
+        let function = SqsFunction::build("process-orders", &store, &timeouts, queue).unwrap();
         EventSource::new(mapping(), client, Arc::new(function), "eu-west-1")
     }
 

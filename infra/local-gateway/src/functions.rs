@@ -12,7 +12,7 @@ use lambda_http::{Body, Request, Response};
 use place_order::PlaceOrder;
 use process_orders::{BatchReport, ProcessOrders};
 use products::Products;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A function behind an HTTP API route.
 pub enum HttpFunction {
@@ -53,26 +53,36 @@ impl HttpFunction {
     }
 }
 
-/// A function behind an SQS event source mapping.
+/// A function behind an SQS event source mapping, with the queue it consumes (where it hands
+/// failed records back).
 pub enum SqsFunction {
     /// With the payment-timeouts queue it schedules on, as its `main.rs` runs it.
-    ProcessOrders(ProcessOrders<DynamoStore>, SqsTimeouts),
-    ExpireOrders(ExpireOrders<DynamoStore, SqsTimeouts>),
+    ProcessOrders(ProcessOrders<DynamoStore>, SqsTimeouts, SqsQueue),
+    ExpireOrders(ExpireOrders<DynamoStore, SqsTimeouts>, SqsQueue),
 }
 
 impl SqsFunction {
-    pub fn build(binary: &str, store: &DynamoStore, timeouts: &SqsTimeouts) -> Option<Self> {
+    pub fn build(
+        binary: &str,
+        store: &DynamoStore,
+        timeouts: &SqsTimeouts,
+        source: SqsQueue,
+    ) -> Option<Self> {
         match binary {
             "process-orders" => Some(Self::ProcessOrders(
                 ProcessOrders {
                     store: store.clone(),
                 },
                 timeouts.clone(),
+                source,
             )),
-            "expire-orders" => Some(Self::ExpireOrders(ExpireOrders {
-                store: store.clone(),
-                timeouts: timeouts.clone(),
-            })),
+            "expire-orders" => Some(Self::ExpireOrders(
+                ExpireOrders {
+                    store: store.clone(),
+                    timeouts: timeouts.clone(),
+                },
+                source,
+            )),
             _ => None,
         }
     }
@@ -85,12 +95,27 @@ impl SqsFunction {
         deadline: Millis,
     ) -> (SqsBatchResponse, Option<BatchReport>) {
         match self {
-            Self::ProcessOrders(f, timeouts) => {
-                let (response, report) = f.process_and_schedule(timeouts, event, deadline).await;
+            Self::ProcessOrders(f, timeouts, source) => {
+                let (response, report) = f
+                    .process_and_hand_back(timeouts, source, event, deadline)
+                    .await;
                 (response, Some(report))
             }
             // It logs what it did itself; the batch line counts messages and failures.
-            Self::ExpireOrders(f) => (f.process(event).await.0, None),
+            Self::ExpireOrders(f, source) => (
+                f.handle(
+                    source,
+                    event,
+                    expire_orders::retry_deadline(epoch(deadline)),
+                )
+                .await,
+                None,
+            ),
         }
     }
+}
+
+/// `ms` since the epoch as a `SystemTime` (Lambda's context gives the deadline in epoch ms).
+fn epoch(ms: Millis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

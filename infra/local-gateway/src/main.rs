@@ -2,6 +2,7 @@
 //! `infra/stack.py up`. `local-gateway token`: a bearer token that gateway accepts.
 
 use anyhow::{bail, Context, Result};
+use flash_aws::capacity::CapacityModel;
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use local_gateway::config::{read_stack_env, GatewayConfig};
 use local_gateway::event_source::{EventSource, LONG_POLL_S};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 const USAGE: &str = "usage:
-  local-gateway serve --state DIR [--port 3000]
+  local-gateway serve --state DIR [--port 3000] [--capacity-scale F]
   local-gateway token --state DIR --sub USER [--admin] [--ttl-seconds 3600]";
 /// `sam local start-api`'s port.
 const DEFAULT_PORT: u16 = 3000;
@@ -26,11 +27,16 @@ const DEFAULT_TTL_S: u64 = 3600;
 const CALLER_KNOBS: [&str; 2] = ["RUST_LOG", "REDRIVE_DELAY_SECONDS"];
 /// How long pollers may take to finish their batch in hand once shutdown begins.
 const POLLER_DRAIN: Duration = Duration::from_secs(4);
+/// DynamoDB's write budget per item, which `--capacity-scale` scales.
+const ITEM_WRITE_UNITS_PER_S: f64 = 1000.0;
 
 enum Command {
     Serve {
         state: PathBuf,
         port: u16,
+        /// With `--capacity-scale F`: the functions reach DynamoDB through the capacity model
+        /// at 1,000 WU/s × F per item.
+        capacity_scale: Option<f64>,
     },
     Token {
         state: PathBuf,
@@ -47,11 +53,19 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Command> {
     }
     let (mut state, mut port, mut sub, mut admin, mut ttl_s) =
         (None, DEFAULT_PORT, None, false, DEFAULT_TTL_S);
+    let mut capacity_scale = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--state" => state = Some(PathBuf::from(value()?)),
             "--port" if command == "serve" => port = value()?.parse().context("--port")?,
+            "--capacity-scale" if command == "serve" => {
+                let scale: f64 = value()?.parse().context("--capacity-scale")?;
+                if !(scale.is_finite() && scale > 0.0) {
+                    bail!("--capacity-scale must be a number above 0, got {scale}");
+                }
+                capacity_scale = Some(scale);
+            }
             "--sub" if command == "token" => sub = Some(value()?),
             "--admin" if command == "token" => admin = true,
             "--ttl-seconds" if command == "token" => {
@@ -62,7 +76,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Command> {
     }
     let state = state.context("--state DIR is required")?;
     match command.as_str() {
-        "serve" => Ok(Command::Serve { state, port }),
+        "serve" => Ok(Command::Serve {
+            state,
+            port,
+            capacity_scale,
+        }),
         "token" => {
             let sub = sub
                 .filter(|s| !s.is_empty())
@@ -87,7 +105,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match command {
-        Command::Serve { state, port } => serve(state, port),
+        Command::Serve {
+            state,
+            port,
+            capacity_scale,
+        } => serve(state, port, capacity_scale),
         Command::Token {
             state,
             sub,
@@ -106,7 +128,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(state: PathBuf, port: u16) -> Result<()> {
+fn serve(state: PathBuf, port: u16, capacity_scale: Option<f64>) -> Result<()> {
     // The SDK and the functions' configuration read the environment: load the stack's before
     // any thread starts. The knobs given by the caller (`make up REDRIVE_DELAY_SECONDS=3`)
     // win over the template's values.
@@ -132,10 +154,15 @@ fn serve(state: PathBuf, port: u16) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(state, port, config))
+        .block_on(run(state, port, config, capacity_scale))
 }
 
-async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
+async fn run(
+    state: PathBuf,
+    port: u16,
+    config: GatewayConfig,
+    capacity_scale: Option<f64>,
+) -> Result<()> {
     let app = flash_aws::Config::from_env(true)?;
     let redrive_delay = flash_aws::config::redrive_delay_from_env()?;
     tracing::info!(
@@ -143,7 +170,20 @@ async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
         "place-order's re-drive copies arrive this long after their order"
     );
     let sdk = flash_aws::config::sdk_config().await;
-    let store = DynamoStore::from_config(&sdk, &app.table_name);
+    // DynamoDB Local neither throttles nor raises TransactionConflict; under the capacity
+    // model the functions meet both, as a sale on DynamoDB would. SQS is not modelled.
+    let dynamo_sdk = match capacity_scale {
+        Some(scale) => {
+            let model = CapacityModel::new(ITEM_WRITE_UNITS_PER_S, scale);
+            tracing::info!(
+                write_units_per_s_per_item = model.budget_per_item(),
+                "functions reach DynamoDB through the capacity model"
+            );
+            flash_aws::config::sdk_config_with_capacity(&model).await
+        }
+        None => sdk.clone(),
+    };
+    let store = DynamoStore::from_config(&dynamo_sdk, &app.table_name);
     let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
     let timeouts = SqsTimeouts::from_config(&sdk, flash_aws::config::payment_timeouts_queue_url()?);
 
@@ -177,8 +217,9 @@ async fn run(state: PathBuf, port: u16, config: GatewayConfig) -> Result<()> {
     );
     let mut sources = Vec::new();
     for mapping in &config.event_source_mappings {
+        let queue = SqsQueue::from_config(&sdk, &mapping.queue_url);
         let function =
-            SqsFunction::build(&mapping.binary, &store, &timeouts).with_context(|| {
+            SqsFunction::build(&mapping.binary, &store, &timeouts, queue).with_context(|| {
                 format!(
                     "no local handler for {} (binary {})",
                     mapping.function, mapping.binary
