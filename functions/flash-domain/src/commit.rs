@@ -90,7 +90,7 @@ pub async fn decide_group<S: Store, P: Future<Output = ()>>(
         let fresh = view.is_none();
         let shards = match view.take() {
             Some(v) => v,
-            None => store.read_shards(&product.sku).await?,
+            None => store.read_shards(product).await?,
         };
         let bought = match product.per_user_limit {
             Some(_) => {
