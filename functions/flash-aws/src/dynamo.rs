@@ -308,13 +308,18 @@ fn canceled_error(reasons: &[(Option<String>, Option<Item>)]) -> PortError {
 /// Transactions that reject an order counted at admission, before giving up on conflicts.
 const REJECT_ATTEMPTS: usize = 3;
 
-/// Transactions returning one order's stock before giving up on conflicts with other
-/// transactions on its items (returns to the same shard, the processor's commits there). Each
-/// lost try means another writer got through, so the shard moves; the waits below add up to
-/// about 2 s at most.
-const RETURN_ATTEMPTS: u32 = 10;
+/// How long a stock return keeps trying against conflicts with other transactions on its
+/// items (returns to the same shard, the processor's commits there) before giving up: each
+/// lost try means another writer got through, so the queue on the shard moves, but a storm
+/// of returns (unpaid orders expiring together) can queue dozens on one shard. Well inside the
+/// functions' 10 s timeout, and better than a `503` for the buyer.
+const RETURN_PATIENCE: Duration = Duration::from_secs(4);
+/// The first wait after a lost try, doubling after each ("full jitter" below it), and its cap.
 const RETURN_BACKOFF: Duration = Duration::from_millis(10);
 const RETURN_BACKOFF_CAP: Duration = Duration::from_millis(400);
+/// Single-item writes to the product item before giving up on conflicts with a transaction
+/// on it (new stock, rare).
+const RESTOCK_ATTEMPTS: u32 = 5;
 
 /// Rate buckets remembered per caller, at most this many: each is only a hint.
 const RATE_HINTS: usize = 10_000;
@@ -802,7 +807,7 @@ impl Store for DynamoStore {
                 Some(UpdateItemError::ConditionalCheckFailedException(_)) => return Ok(()),
                 // Only a transaction on the product item (new stock) conflicts with this.
                 Some(UpdateItemError::TransactionConflictException(_))
-                    if attempt < RETURN_ATTEMPTS =>
+                    if attempt < RESTOCK_ATTEMPTS =>
                 {
                     tokio::time::sleep(jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, attempt)).await
                 }
@@ -1166,6 +1171,7 @@ impl Store for DynamoStore {
         let mut admitted = order.counted;
         let mut guesses = 0;
         let mut conflicts = 0;
+        let started = tokio::time::Instant::now();
         loop {
             let flag = if admitted {
                 "attribute_exists(admitted)"
@@ -1203,11 +1209,13 @@ impl Store for DynamoStore {
                     // after a jittered wait so the colliding writers spread out.
                     let error = canceled_error(&reasons);
                     conflicts += 1;
-                    if !matches!(error, PortError::Contention) || conflicts >= RETURN_ATTEMPTS {
+                    let wait = jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, conflicts);
+                    if !matches!(error, PortError::Contention)
+                        || started.elapsed() + wait > RETURN_PATIENCE
+                    {
                         return Err(error);
                     }
-                    tokio::time::sleep(jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, conflicts))
-                        .await;
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
