@@ -40,6 +40,17 @@ pub struct State {
 }
 
 impl State {
+    /// The state with every product's sold-out flag and `restocks` count left out: a
+    /// payment timeout that finds its order already canceled clears the flag again and raises
+    /// the count (`Store::clear_sold_out`), however early it comes, and changes nothing else.
+    pub fn without_sold_out_flags(mut self) -> State {
+        for p in self.products.values_mut() {
+            p.sold_out = false;
+            p.restocks = 0;
+        }
+        self
+    }
+
     /// The admission counts of `sku` and the orders counted in them, in the audit's terms.
     pub fn admissions(&self, sku: &Sku) -> flash_aws::audit::Admissions {
         flash_aws::audit::Admissions {

@@ -1396,6 +1396,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_shard_and_every_buyer_has_a_partition_of_its_own_that_names_its_product() {
+        let sku = Sku::parse("P-1").unwrap();
+        let (alice, bob) = (
+            UserId::parse("alice#1").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        let pk = |k: &Item| get_s(k, "pk").unwrap().to_owned();
+        let keys = [
+            product_key(&sku),
+            shard_key(&sku, 0),
+            shard_key(&sku, 1),
+            buyer_key(&sku, &alice),
+            buyer_key(&sku, &bob),
+        ];
+        let partitions: std::collections::HashSet<String> = keys.iter().map(pk).collect();
+        assert_eq!(partitions.len(), keys.len());
+        // A buyer's two counters share one partition, which only that buyer writes.
+        assert_eq!(pk(&admit_key(&sku, &alice)), pk(&buyer_key(&sku, &alice)));
+        for k in keys.iter().chain([&admit_key(&sku, &alice)]) {
+            assert_eq!(product_of(&pk(k)), Some("P-1"));
+        }
+        // A SKU that extends another one is another product.
+        let longer = Sku::parse("P-1-2").unwrap();
+        assert_eq!(product_of(&pk(&shard_key(&longer, 0))), Some("P-1-2"));
+        assert_eq!(product_of("ORDER#abc"), None);
+        assert_eq!(get_s(&shard_key(&sku, 7), "sk").and_then(shard_of), Some(7));
+    }
+
+    #[test]
     fn takes_round_trip() {
         let t = vec![
             ShardTake { shard: 3, units: 2 },

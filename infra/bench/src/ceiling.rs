@@ -190,7 +190,12 @@ pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> a
             let sku = flash_domain::Sku::parse(&tag).ok();
             let shard = |n: u64| {
                 sku.as_ref().map_or_else(
-                    || key(format!("PRODUCT#{tag}#SHARD#{n:03}"), &format!("SHARD#{n:03}")),
+                    || {
+                        key(
+                            format!("PRODUCT#{tag}#SHARD#{n:03}"),
+                            &format!("SHARD#{n:03}"),
+                        )
+                    },
                     |sku| flash_aws::dynamo::shard_key(sku, n as u32),
                 )
             };
