@@ -297,6 +297,8 @@ class LocalResources:
             "AttributeDefinitions": p["AttributeDefinitions"],
             "KeySchema": p["KeySchema"],
         }
+        # WarmThroughput (a pre-warm for a known sale) has no meaning for DynamoDB Local,
+        # which never throttles: like the other settings not copied here, it is left out.
         on_demand = p.get("BillingMode", "PROVISIONED") == "PAY_PER_REQUEST"
         if on_demand:
             request["BillingMode"] = "PAY_PER_REQUEST"

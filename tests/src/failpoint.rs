@@ -317,8 +317,14 @@ impl<S: Store> Store for Faulty<S> {
             .await
     }
 
-    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
-        self.step("read_shards", self.inner.read_shards(sku)).await
+    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
+        self.step("clear_sold_out", self.inner.clear_sold_out(sku))
+            .await
+    }
+
+    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
+        self.step("read_shards", self.inner.read_shards(product))
+            .await
     }
 
     async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {

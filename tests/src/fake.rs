@@ -41,6 +41,17 @@ pub struct State {
 }
 
 impl State {
+    /// The state with every product's sold-out flag and `restocks` count left out: a
+    /// payment timeout that finds its order already canceled clears the flag again and raises
+    /// the count (`Store::clear_sold_out`), however early it comes, and changes nothing else.
+    pub fn without_sold_out_flags(mut self) -> State {
+        for p in self.products.values_mut() {
+            p.sold_out = false;
+            p.restocks = 0;
+        }
+        self
+    }
+
     /// The admission counts of `sku` and the orders counted in them, in the audit's terms.
     pub fn admissions(&self, sku: &Sku) -> flash_aws::audit::Admissions {
         flash_aws::audit::Admissions {
@@ -341,12 +352,23 @@ impl Store for FakeStore {
         }
     }
 
-    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
+    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
+        let mut st = self.enter("clear_sold_out")?;
+        // `attribute_exists(pk)`: no product item is created.
+        if let Some(meta) = st.products.get_mut(sku) {
+            meta.sold_out = false;
+            meta.restocks += 1;
+        }
+        Ok(())
+    }
+
+    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
         let st = self.enter("read_shards")?;
+        // One BatchGetItem of the product's shard keys.
         Ok(st
             .shards
             .iter()
-            .filter(|((s, _), _)| s == sku)
+            .filter(|((s, shard), _)| *s == product.sku && *shard < product.shards)
             .map(|((_, shard), available)| ShardStock {
                 shard: *shard,
                 available: *available,
@@ -518,7 +540,8 @@ impl Store for FakeStore {
         let mut st = self.enter("advance")?;
         let admitted = st.admitted_orders.contains(&order.id);
         if t.restores_stock {
-            let mut keys = vec![format!("ORDER#{}", order.id), "META".to_owned()];
+            // The product item is written after the transaction, not in it.
+            let mut keys = vec![format!("ORDER#{}", order.id)];
             keys.extend(order.takes.iter().map(|t| format!("SHARD#{:03}", t.shard)));
             if order.counted {
                 keys.push(format!("BUYER#{}", order.owner));

@@ -178,9 +178,12 @@ impl Store for Rig {
         self.step().await;
         self.store.mark_sold_out(product).await
     }
-    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
+    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
+        self.store.clear_sold_out(sku).await
+    }
+    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
         self.step().await;
-        let shards = self.store.read_shards(sku).await?;
+        let shards = self.store.read_shards(product).await?;
         self.note(Happened::Read { who: self.who });
         Ok(shards)
     }

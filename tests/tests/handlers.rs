@@ -1872,7 +1872,7 @@ mod fake_store {
         // WHEN three calls are made
         let results = [
             env.store.get_product(&sku(SKU)).await.is_ok(),
-            env.store.read_shards(&sku(SKU)).await.is_ok(),
+            env.store.read_bought(&sku(SKU), &[]).await.is_ok(),
             env.store.get_product(&sku(SKU)).await.is_ok(),
         ];
         // THEN the first two fail and the third works

@@ -554,8 +554,10 @@ async fn the_invariant_checker_catches_a_stranded_admission_count() {
         .client()
         .update_item()
         .table_name(sale.store.table())
-        .key("pk", AttributeValue::S(format!("PRODUCT#{}", sale.sku)))
-        .key("sk", AttributeValue::S("ADMIT#buyer-0".into()))
+        .set_key(Some(flash_aws::dynamo::admit_key(
+            &flash_domain::Sku::parse(&sale.sku).expect("sku"),
+            &flash_domain::UserId::parse("buyer-0").expect("user"),
+        )))
         .update_expression("ADD admitted :one")
         .expression_attribute_values(":one", AttributeValue::N("1".into()))
         .send()
@@ -654,7 +656,10 @@ async fn the_invariant_checker_catches_a_lost_unit_and_a_broken_order() {
         .client()
         .update_item()
         .table_name(sale.store.table())
-        .set_key(Some(key(format!("PRODUCT#{}", sale.sku), "SHARD#000")))
+        .set_key(Some(flash_aws::dynamo::shard_key(
+            &flash_domain::Sku::parse(&sale.sku).expect("sku"),
+            0,
+        )))
         .update_expression("ADD available :m")
         .expression_attribute_values(":m", AttributeValue::N("-1".into()))
         .send()

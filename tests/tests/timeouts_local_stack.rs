@@ -452,8 +452,10 @@ async fn the_reconciler_finds_nothing_on_a_clean_table_and_a_violation_after_a_s
         .client()
         .update_item()
         .table_name(store.table())
-        .key("pk", AttributeValue::S(format!("PRODUCT#{}", sale.sku)))
-        .key("sk", AttributeValue::S("SHARD#001".into()))
+        .set_key(Some(flash_aws::dynamo::shard_key(
+            &Sku::parse(&sale.sku).expect("sku"),
+            1,
+        )))
         .update_expression("ADD available :five")
         .expression_attribute_values(":five", AttributeValue::N("5".into()))
         .send()

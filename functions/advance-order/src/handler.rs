@@ -9,7 +9,7 @@ use flash_domain::expiry::{due, Due, Window};
 use flash_domain::order::transition;
 use flash_domain::ports::{Advance, PortError, Store};
 use flash_domain::token_bucket::retry_after_secs;
-use flash_domain::{Action, TransitionError};
+use flash_domain::{Action, OrderStatus, TransitionError};
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 
@@ -45,7 +45,23 @@ impl<S: Store> AdvanceOrder<S> {
             }
             let t = match transition(order.status, order.reason, action.event()) {
                 Ok(t) => t,
-                Err(TransitionError::AlreadyApplied) => return Ok(json(200, &order.view())),
+                Err(TransitionError::AlreadyApplied) => {
+                    // A repeated cancel or refund: the request that canceled the order may
+                    // have stopped between returning its stock and clearing the sold-out
+                    // flag (see `Store::clear_sold_out`), so clear it again. That is a write,
+                    // so it takes a token, and repeats cannot flood the product's item; the
+                    // answer stands without it (the order's own timeout message clears the
+                    // flag again too).
+                    if order.status == OrderStatus::Canceled
+                        && matches!(
+                            self.store.take_token(&caller.user, now_ms()).await,
+                            Ok(Ok(()))
+                        )
+                    {
+                        self.store.clear_sold_out(&order.sku).await?;
+                    }
+                    return Ok(json(200, &order.view()));
+                }
                 Err(TransitionError::NotAllowed(status)) => {
                     return Err(ApiError::InvalidTransition(status))
                 }

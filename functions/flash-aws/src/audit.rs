@@ -3,7 +3,7 @@
 //! states, purchase counters and admission counts). Read-only; the tests end every scenario with it and the demo
 //! refuses to report success without it.
 
-use crate::dynamo::{decode_order, decode_product, product_pk, DynamoStore};
+use crate::dynamo::{decode_order, decode_product, product_of, product_pk, DynamoStore};
 use aws_sdk_dynamodb::types::AttributeValue;
 use flash_domain::ports::{PortError, PortResult};
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
@@ -86,36 +86,21 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
     // Items that could not be decoded: violations in their own right.
     let mut v = Vec::new();
 
-    let mut product_items = Vec::new();
-    let mut start = None;
-    loop {
-        let page = client
-            .query()
-            .table_name(store.table())
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", AttributeValue::S(product_pk(sku)))
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| read_failed("dynamodb Query")(e.into()))?;
-        product_items.extend(page.items.unwrap_or_default());
-        start = page.last_evaluated_key;
-        if start.is_none() {
-            break;
-        }
-    }
+    // A product's items span many partitions (its `META`, each shard, each buyer's
+    // counters; see `dynamo`), and its orders live under their own keys: one consistent scan
+    // finds them all.
     let mut admissions = Admissions::default();
-    for item in &product_items {
-        add_product_item(&mut h, &mut v, item);
-        admissions.add_product_item(item);
-    }
+    let meta_pk = product_pk(sku);
     let mut start = None;
     loop {
         let page = client
             .scan()
             .table_name(store.table())
-            .filter_expression("begins_with(pk, :o) AND sku = :sku")
+            .filter_expression(
+                "pk = :meta OR begins_with(pk, :items) OR (begins_with(pk, :o) AND sku = :sku)",
+            )
+            .expression_attribute_values(":meta", AttributeValue::S(meta_pk.clone()))
+            .expression_attribute_values(":items", AttributeValue::S(format!("{meta_pk}#")))
             .expression_attribute_values(":o", AttributeValue::S("ORDER#".into()))
             .expression_attribute_values(":sku", AttributeValue::S(sku.to_string()))
             .consistent_read(true)
@@ -124,8 +109,13 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
             .await
             .map_err(|e| read_failed("dynamodb Scan")(e.into()))?;
         for item in page.items.unwrap_or_default() {
-            add_order_item(&mut h, &mut v, &item);
-            admissions.add_order_item(&item);
+            if is_order(&item) {
+                add_order_item(&mut h, &mut v, &item);
+                admissions.add_order_item(&item);
+            } else {
+                add_product_item(&mut h, &mut v, &item);
+                admissions.add_product_item(&item);
+            }
         }
         start = page.last_evaluated_key;
         if start.is_none() {
@@ -210,7 +200,7 @@ impl Admissions {
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Adds one item of a product's partition (`META`, a shard, a buyer counter) to `h`; an item
+/// Adds one item of a product (`META`, a shard, a buyer counter) to `h`; an item
 /// that cannot be read is noted in `unreadable`.
 fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item) {
     let sk = item
@@ -232,6 +222,12 @@ fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item)
         h.counters
             .insert(user.to_owned(), n(item, "units").unwrap_or(i64::MIN));
     }
+}
+
+fn is_order(item: &Item) -> bool {
+    item.get("pk")
+        .and_then(|v| v.as_s().ok())
+        .is_some_and(|pk| pk.starts_with("ORDER#"))
 }
 
 fn add_order_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item) {
@@ -388,7 +384,7 @@ pub async fn audit_all(store: &DynamoStore) -> PortResult<Vec<Audit>> {
             .map_err(|e| read_failed("dynamodb Scan")(e.into()))?;
         for item in page.items.unwrap_or_default() {
             let pk = item.get("pk").and_then(|v| v.as_s().ok());
-            if let Some(sku) = pk.and_then(|pk| pk.strip_prefix("PRODUCT#")) {
+            if let Some(sku) = pk.and_then(|pk| product_of(pk)) {
                 let (h, v) = found.entry(sku.to_owned()).or_default();
                 add_product_item(h, v, &item);
             } else if pk.is_some_and(|pk| pk.starts_with("ORDER#")) {
@@ -419,9 +415,13 @@ pub async fn audit_all(store: &DynamoStore) -> PortResult<Vec<Audit>> {
 /// equal ones saw no such change half done (short of changes that cancel out exactly).
 pub async fn audit_settled(store: &DynamoStore, sku: &Sku) -> PortResult<Option<Audit>> {
     use flash_domain::ports::Store;
-    let before = store.read_shards(sku).await?;
+    let Some(product) = store.get_product(sku).await? else {
+        // No product item: the audit says what is wrong, and nothing moves stock.
+        return audit(store, sku).await.map(Some);
+    };
+    let before = store.read_shards(&product).await?;
     let a = audit(store, sku).await?;
-    let after = store.read_shards(sku).await?;
+    let after = store.read_shards(&product).await?;
     Ok((before == after).then_some(a))
 }
 

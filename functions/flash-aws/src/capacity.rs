@@ -8,9 +8,14 @@
 //!    [`CapacityModel::budget_per_item`] write units per second, with a burst of one second's
 //!    budget. `PutItem`/`UpdateItem`/`DeleteItem` cost 1 unit, `BatchWriteItem` 1 per item,
 //!    `TransactWriteItems` 2 per item (`ConditionCheck` items too). Units are charged when a
-//!    request is admitted, whatever DynamoDB answers (a failed condition costs the same). A
-//!    request with any item short of units is not sent; it gets the answer an on-demand table
-//!    gives for a hot key: `ThrottlingException` (which the SDK retries, 3 attempts by default)
+//!    request is admitted, whatever DynamoDB answers (a failed condition costs the same).
+//!    **And a budget per partition key value**, the same size: items that share a partition
+//!    key (`pk` unless [`CapacityModel::with_key_attributes`] says otherwise) start out in one
+//!    partition, which takes 1,000 write units/s however many items it holds, so they share
+//!    one bucket on top of their own. (DynamoDB splits a hot partition after throttling it for
+//!    a while; the model never does, which is what a sale's first minutes look like.) A
+//!    request with any item or partition short of units is not sent; it gets the answer an
+//!    on-demand table gives for a hot key: `ThrottlingException` (which the SDK retries, 3 attempts by default)
 //!    for single-item and batch writes, and `TransactionCanceledException` with
 //!    `ThrottlingError` on the throttled items (`None` on the others) for transactions.
 //! 2. **Transaction conflicts**: the items of every `TransactWriteItems` are held from the
@@ -115,12 +120,16 @@ impl Clock {
 #[derive(Debug, Default)]
 struct State {
     buckets: HashMap<ItemKey, Bucket>,
+    /// One bucket per partition key value: (table, canonical partition key attribute).
+    partitions: HashMap<(String, String), Bucket>,
     /// Items of transactions sent and not yet answered, with how many hold each.
     in_flight: HashMap<ItemKey, u32>,
     /// Key attribute names per table, learned from `Key` maps; used to find the key of an
     /// item in a `Put`.
     key_names: HashMap<String, Vec<String>>,
     default_key_names: Vec<String>,
+    /// The partition key attribute's name (the first of the key attribute names given).
+    partition_key: String,
     /// Bucket count above which full buckets are dropped (they equal absent ones).
     prune_at: usize,
 }
@@ -131,11 +140,20 @@ struct Bucket {
     at: Duration,
 }
 
-/// Table name + canonical key attributes.
+/// Table name + canonical key attributes, and the partition the item lives in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ItemKey {
     table: String,
     key: String,
+    /// The canonical partition key attribute; the whole key when the item has no such
+    /// attribute (then it is a partition of its own).
+    partition: String,
+}
+
+impl ItemKey {
+    fn partition(&self) -> (String, String) {
+        (self.table.clone(), self.partition.clone())
+    }
 }
 
 const MIN_PRUNE_AT: usize = 4096;
@@ -164,6 +182,7 @@ impl CapacityModel {
                 clock,
                 state: Mutex::new(State {
                     default_key_names: DEFAULT_KEY_ATTRIBUTES.map(str::to_owned).to_vec(),
+                    partition_key: DEFAULT_KEY_ATTRIBUTES[0].to_owned(),
                     prune_at: MIN_PRUNE_AT,
                     ..State::default()
                 }),
@@ -175,10 +194,16 @@ impl CapacityModel {
         }
     }
 
-    /// Key attribute names assumed for `PutItem` items of a table whose key the model has not
-    /// yet seen in an `UpdateItem`/`DeleteItem`/`ConditionCheck` `Key` (default `pk`, `sk`).
+    /// Key attribute names, partition key first, assumed for `PutItem` items of a table whose
+    /// key the model has not yet seen in an `UpdateItem`/`DeleteItem`/`ConditionCheck` `Key`
+    /// (default `pk`, `sk`). The first also names the partition key of every table.
     pub fn with_key_attributes(self, names: &[&str]) -> Self {
-        self.inner.lock().default_key_names = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut state = self.inner.lock();
+        state.default_key_names = names.iter().map(|n| (*n).to_owned()).collect();
+        if let Some(first) = names.first() {
+            state.partition_key = (*first).to_owned();
+        }
+        drop(state);
         self
     }
 
@@ -387,7 +412,7 @@ impl Inner {
                     return self.refuse(canceled_body(&conflicting, "TransactionConflict"));
                 }
                 if !self.charge(&mut state, &keys, 2.0, now) {
-                    let short = self.short_items(&mut state, &keys, 2.0, now);
+                    let short = self.short_items(&state, &keys, 2.0, now);
                     drop(state);
                     self.throttles.fetch_add(1, Relaxed);
                     return self.refuse(canceled_body(&short, "ThrottlingError"));
@@ -406,52 +431,65 @@ impl Inner {
         }
     }
 
-    /// Charges `cost` per entry of `keys` if every item has the units; all or nothing.
+    /// Charges `cost` per entry of `keys` to its item and to its partition if every item and
+    /// every partition has the units; all or nothing.
     fn charge(&self, state: &mut State, keys: &[ItemKey], cost: f64, now: Duration) -> bool {
         if self.budget.is_infinite() {
             self.admitted(keys.len() as f64 * cost);
             return true;
         }
-        let mut need: HashMap<&ItemKey, f64> = HashMap::new();
+        let mut items: HashMap<&ItemKey, f64> = HashMap::new();
+        let mut partitions: HashMap<(String, String), f64> = HashMap::new();
         for key in keys {
-            *need.entry(key).or_default() += cost;
+            *items.entry(key).or_default() += cost;
+            *partitions.entry(key.partition()).or_default() += cost;
         }
-        let fits = need
+        let fits = items
             .iter()
-            .all(|(key, units)| self.tokens(state, key, now) >= *units);
+            .all(|(key, units)| self.refill(state.buckets.get(*key), now) >= *units)
+            && partitions
+                .iter()
+                .all(|(p, units)| self.refill(state.partitions.get(p), now) >= *units);
         if !fits {
             return false;
         }
-        for (key, units) in need {
-            let tokens = self.tokens(state, key, now) - units;
+        for (key, units) in items {
+            let tokens = self.refill(state.buckets.get(key), now) - units;
             state
                 .buckets
                 .insert(key.clone(), Bucket { tokens, at: now });
+        }
+        for (partition, units) in partitions {
+            let tokens = self.refill(state.partitions.get(&partition), now) - units;
+            state
+                .partitions
+                .insert(partition, Bucket { tokens, at: now });
         }
         self.admitted(keys.len() as f64 * cost);
         self.prune(state, now);
         true
     }
 
-    /// Which entries of `keys` lack the units (counting repeats of one item together).
-    fn short_items(
-        &self,
-        state: &mut State,
-        keys: &[ItemKey],
-        cost: f64,
-        now: Duration,
-    ) -> Vec<bool> {
+    /// Which entries of `keys` lack the units, in their item or their partition (counting
+    /// the entries that share one together).
+    fn short_items(&self, state: &State, keys: &[ItemKey], cost: f64, now: Duration) -> Vec<bool> {
         keys.iter()
             .map(|key| {
-                let need = cost * keys.iter().filter(|k| *k == key).count() as f64;
-                self.tokens(state, key, now) < need
+                let item_need = cost * keys.iter().filter(|k| *k == key).count() as f64;
+                let partition_need = cost
+                    * keys
+                        .iter()
+                        .filter(|k| k.table == key.table && k.partition == key.partition)
+                        .count() as f64;
+                self.refill(state.buckets.get(key), now) < item_need
+                    || self.refill(state.partitions.get(&key.partition()), now) < partition_need
             })
             .collect()
     }
 
-    /// The item's tokens now, after refilling (an unseen item has a full bucket).
-    fn tokens(&self, state: &State, key: &ItemKey, now: Duration) -> f64 {
-        match state.buckets.get(key) {
+    /// A bucket's tokens now, after refilling (an unseen item or partition has a full one).
+    fn refill(&self, bucket: Option<&Bucket>, now: Duration) -> f64 {
+        match bucket {
             None => self.burst,
             Some(b) => {
                 let elapsed = now.saturating_sub(b.at).as_secs_f64();
@@ -466,14 +504,14 @@ impl Inner {
 
     /// Drops buckets that have refilled completely, once there are many.
     fn prune(&self, state: &mut State, now: Duration) {
-        if state.buckets.len() < state.prune_at {
+        if state.buckets.len() + state.partitions.len() < state.prune_at {
             return;
         }
         let (budget, burst) = (self.budget, self.burst);
-        state
-            .buckets
-            .retain(|_, b| b.tokens + now.saturating_sub(b.at).as_secs_f64() * budget < burst);
-        state.prune_at = (state.buckets.len() * 2).max(MIN_PRUNE_AT);
+        let full = |b: &Bucket| b.tokens + now.saturating_sub(b.at).as_secs_f64() * budget >= burst;
+        state.buckets.retain(|_, b| !full(b));
+        state.partitions.retain(|_, b| !full(b));
+        state.prune_at = ((state.buckets.len() + state.partitions.len()) * 2).max(MIN_PRUNE_AT);
     }
 
     fn refuse(&self, body: Value) -> Admission {
@@ -644,9 +682,11 @@ fn key_of(state: &mut State, table: &str, key: &Value) -> Option<ItemKey> {
     if state.key_names.get(table) != Some(&names) {
         state.key_names.insert(table.to_owned(), names);
     }
+    let whole = canonical(key.iter());
     Some(ItemKey {
         table: table.to_owned(),
-        key: canonical(key.iter()),
+        partition: partition_of(state, key).unwrap_or_else(|| whole.clone()),
+        key: whole,
     })
 }
 
@@ -666,8 +706,16 @@ fn item_key(state: &State, table: &str, item: &Value) -> Option<ItemKey> {
     };
     Some(ItemKey {
         table: table.to_owned(),
+        partition: partition_of(state, item).unwrap_or_else(|| key.clone()),
         key,
     })
+}
+
+/// The canonical partition key attribute of a key or an item, if it has one.
+fn partition_of(state: &State, attributes: &Map<String, Value>) -> Option<String> {
+    attributes
+        .get_key_value(&state.partition_key)
+        .map(|pair| canonical(std::iter::once(pair)))
 }
 
 /// A deterministic text for a set of attributes, independent of their order.
@@ -901,8 +949,13 @@ mod tests {
             body["throttlingReasons"][0]["resource"],
             "arn:aws:dynamodb:eu-west-1:000000000000:table/flash"
         );
-        // Another item has its own budget.
-        assert_eq!(answer(&conn, put("PRODUCT#a", "SHARD#001")).await.0, 200);
+        // An item in another partition has its own budget.
+        assert_eq!(
+            answer(&conn, put("PRODUCT#a#SHARD#001", "SHARD#001"))
+                .await
+                .0,
+            200
+        );
         assert_eq!(mock.calls(), 6);
         let stats = model.stats();
         assert_eq!(stats.throttles, 1);
@@ -1093,6 +1146,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn items_sharing_a_partition_key_share_its_budget_and_others_do_not() {
+        let (model, _clock) = manual(4.0);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        // Two items of one partition: 4 units between them, though each item has 4 of its own.
+        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#000")).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#001")).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#000")).await.0, 200);
+        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#001")).await.0, 200);
+        let (status, body) = answer(&conn, update("PRODUCT#a", "SHARD#001")).await;
+        assert_eq!((status, error_type(&body)), (400, "ThrottlingException"));
+        // A transaction touching the partition is refused on that item only.
+        let (status, body) = answer(
+            &conn,
+            transact(&[("ORDER#1", "ORDER"), ("PRODUCT#a", "META")]),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(reason_codes(&body), ["None", "ThrottlingError"]);
+        // Two items with partition keys of their own: 4 units each, all used.
+        for _ in 0..4 {
+            assert_eq!(
+                answer(&conn, update("PRODUCT#b#SHARD#000", "SHARD#000"))
+                    .await
+                    .0,
+                200
+            );
+            assert_eq!(
+                answer(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001"))
+                    .await
+                    .0,
+                200
+            );
+        }
+        assert_eq!(
+            answer(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001"))
+                .await
+                .0,
+            400
+        );
+        assert_eq!(mock.calls(), 12);
+        assert_eq!(model.stats().throttles, 3);
+        // A key without the partition attribute is a partition of its own.
+        let model = CapacityModel::with_clock(2.0, Clock::Manual(Arc::default()))
+            .with_key_attributes(&["id"]);
+        let conn = Mock::default().connector(&model);
+        for (pk, sk) in [("x", "1"), ("x", "2"), ("x", "1"), ("x", "2")] {
+            assert_eq!(answer(&conn, update(pk, sk)).await.0, 200);
+        }
+    }
+
+    #[tokio::test]
     async fn put_and_update_of_one_item_share_its_budget() {
         let (model, _clock) = manual(3.0);
         let conn = Mock::default().connector(&model);
@@ -1131,10 +1236,11 @@ mod tests {
         let batch = |n: usize| {
             let writes: Vec<Value> = (0..n)
                 .map(|i| {
+                    let pk = format!("p{i}");
                     if i % 2 == 0 {
-                        json!({ "PutRequest": { "Item": key("p", &i.to_string()) } })
+                        json!({ "PutRequest": { "Item": key(&pk, "1") } })
                     } else {
-                        json!({ "DeleteRequest": { "Key": key("p", &i.to_string()) } })
+                        json!({ "DeleteRequest": { "Key": key(&pk, "1") } })
                     }
                 })
                 .chain([json!({ "PutRequest": { "Item": key("hot", "1") } })])

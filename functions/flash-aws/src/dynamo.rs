@@ -1,16 +1,26 @@
 //! The single-table DynamoDB store. Item layout (`pk`, `sk`):
 //!
-//! | item            | pk               | sk             | attributes |
-//! |-----------------|------------------|----------------|------------|
-//! | product         | `PRODUCT#{sku}`  | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards |
-//! | stock shard     | `PRODUCT#{sku}`  | `SHARD#{nnn}`  | available |
-//! | buyer counter   | `PRODUCT#{sku}`  | `BUYER#{user}` | units |
-//! | admission count | `PRODUCT#{sku}`  | `ADMIT#{user}` | admitted |
-//! | order           | `ORDER#{id}`     | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted, ttl (rejected only) |
-//! | rate bucket     | `RATE#{user}`    | `RATE`         | tat, ttl |
+//! | item            | pk                              | sk             | attributes |
+//! |-----------------|---------------------------------|----------------|------------|
+//! | product         | `PRODUCT#{sku}`                 | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards, sold_out, restocks |
+//! | stock shard     | `PRODUCT#{sku}#SHARD#{nnn}`     | `SHARD#{nnn}`  | available |
+//! | buyer counter   | `PRODUCT#{sku}#USER#{user}`     | `BUYER#{user}` | units |
+//! | admission count | `PRODUCT#{sku}#USER#{user}`     | `ADMIT#{user}` | admitted |
+//! | order           | `ORDER#{id}`                    | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted, ttl (rejected only) |
+//! | rate bucket     | `RATE#{user}`                   | `RATE`         | tat, ttl |
 //!
 //! Every change is a conditional write: the condition is the optimistic lock, and a failed
 //! condition is a business answer, decoded from the values DynamoDB returns with it.
+//!
+//! Each stock shard has a partition key of its own (write sharding): DynamoDB caps one
+//! partition at 1,000 write units/s and splits a hot one only after throttling it for a while,
+//! so shards that shared `PRODUCT#{sku}` would share one budget just when the sale opens.
+//! The per-buyer counters leave the product's partition for the same reason: with a per-user
+//! limit every admission writes one and every group commit one per buyer, which on one
+//! partition would cap a limited product near 500 admissions/s. Both counters of one buyer
+//! share a partition, which only that buyer's (rate-limited) requests write. The product's
+//! `META` item keeps `PRODUCT#{sku}`. A SKU holds no `#` ([`Sku::parse`]), so a key names its
+//! product unambiguously ([`product_of`]).
 //!
 //! The buyer counter holds the units of a buyer's accepted orders (raised by the group commit);
 //! the admission count holds the units of their queued and accepted orders (raised when
@@ -31,6 +41,7 @@ use aws_sdk_dynamodb::types::{
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
+use flash_domain::backoff::jittered;
 use flash_domain::clock::Millis;
 use flash_domain::expiry::Window;
 use flash_domain::order::ShardTake;
@@ -44,20 +55,49 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 pub fn product_pk(sku: &Sku) -> String {
     format!("PRODUCT#{sku}")
 }
 pub const META: &str = "META";
+pub fn shard_pk(sku: &Sku, shard: u32) -> String {
+    format!("PRODUCT#{sku}#SHARD#{shard:03}")
+}
 pub fn shard_sk(shard: u32) -> String {
     format!("SHARD#{shard:03}")
+}
+/// The partition of one buyer's counters of one product.
+pub fn user_pk(sku: &Sku, user: &UserId) -> String {
+    format!("PRODUCT#{sku}#USER#{user}")
 }
 pub fn buyer_sk(user: &UserId) -> String {
     format!("BUYER#{user}")
 }
 pub fn admit_sk(user: &UserId) -> String {
     format!("ADMIT#{user}")
+}
+/// The key of a product's `META` item.
+pub fn product_key(sku: &Sku) -> Item {
+    key(product_pk(sku), META)
+}
+pub fn shard_key(sku: &Sku, shard: u32) -> Item {
+    key(shard_pk(sku, shard), shard_sk(shard))
+}
+pub fn buyer_key(sku: &Sku, user: &UserId) -> Item {
+    key(user_pk(sku, user), buyer_sk(user))
+}
+pub fn admit_key(sku: &Sku, user: &UserId) -> Item {
+    key(user_pk(sku, user), admit_sk(user))
+}
+/// The SKU of any item of a product (its `META`, a shard, a buyer's counters), from its `pk`.
+pub fn product_of(pk: &str) -> Option<&str> {
+    let rest = pk.strip_prefix("PRODUCT#")?;
+    Some(rest.split_once('#').map_or(rest, |(sku, _)| sku))
+}
+/// The shard number of a shard item's `sk`.
+pub fn shard_of(sk: &str) -> Option<u32> {
+    sk.strip_prefix("SHARD#")?.parse().ok()
 }
 pub fn rate_pk(user: &UserId) -> String {
     format!("RATE#{user}")
@@ -209,7 +249,7 @@ pub fn decode_product(item: &Item) -> PortResult<Product> {
 }
 
 fn encode_product(p: &Product) -> Item {
-    let mut item = key(product_pk(&p.sku), META);
+    let mut item = product_key(&p.sku);
     item.insert("name".into(), s(&p.name));
     item.insert("stock_added".into(), n(p.stock_added));
     item.insert("payment_window_seconds".into(), n(p.payment_window_seconds));
@@ -267,6 +307,19 @@ fn canceled_error(reasons: &[(Option<String>, Option<Item>)]) -> PortError {
 
 /// Transactions that reject an order counted at admission, before giving up on conflicts.
 const REJECT_ATTEMPTS: usize = 3;
+
+/// How long a stock return keeps trying against conflicts with other transactions on its
+/// items (returns to the same shard, the processor's commits there) before giving up: each
+/// lost try means another writer got through, so the queue on the shard moves, but a storm
+/// of returns (unpaid orders expiring together) can queue dozens on one shard. Well inside the
+/// functions' 10 s timeout, and better than a `503` for the buyer.
+const RETURN_PATIENCE: Duration = Duration::from_secs(4);
+/// The first wait after a lost try, doubling after each ("full jitter" below it), and its cap.
+const RETURN_BACKOFF: Duration = Duration::from_millis(10);
+const RETURN_BACKOFF_CAP: Duration = Duration::from_millis(400);
+/// Single-item writes to the product item before giving up on conflicts with a transaction
+/// on it (new stock, rare).
+const RESTOCK_ATTEMPTS: u32 = 5;
 
 /// Rate buckets remembered per caller, at most this many: each is only a hint.
 const RATE_HINTS: usize = 10_000;
@@ -567,7 +620,7 @@ impl DynamoStore {
         &self,
         order: &Order,
     ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
-        self.update(key(product_pk(&order.sku), admit_sk(&order.owner)))
+        self.update(admit_key(&order.sku, &order.owner))
             .update_expression("ADD admitted :minus")
             .expression_attribute_values(":minus", n(-i64::from(order.quantity.get())))
     }
@@ -583,7 +636,7 @@ impl Store for DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(product_pk(sku), META)))
+            .set_key(Some(product_key(sku)))
             .send()
             .await
             .map_err(sdk("dynamodb GetItem"))?;
@@ -606,7 +659,7 @@ impl Store for DynamoStore {
                 .iter()
                 .find(|(s, _)| *s == shard)
                 .map_or(0, |(_, u)| *u);
-            let mut item = key(product_pk(&product.sku), shard_sk(shard));
+            let mut item = shard_key(&product.sku, shard);
             item.insert("available".into(), n(units));
             items.push(
                 TransactWriteItem::builder()
@@ -644,7 +697,7 @@ impl Store for DynamoStore {
         // New stock means the product is no longer sold out.
         let mut remove = vec!["sold_out"];
         let mut meta = self
-            .update(key(product_pk(&product.sku), META))
+            .update(product_key(&product.sku))
             .expression_attribute_names("#name", "name")
             .expression_attribute_values(":name", s(&product.name))
             .expression_attribute_values(":pw", n(product.payment_window_seconds))
@@ -680,7 +733,7 @@ impl Store for DynamoStore {
             items.push(
                 TransactWriteItem::builder()
                     .update(
-                        self.update(key(product_pk(&product.sku), shard_sk(shard)))
+                        self.update(shard_key(&product.sku, shard))
                             .update_expression("ADD available :u")
                             .expression_attribute_values(":u", n(units))
                             .build()
@@ -705,12 +758,13 @@ impl Store for DynamoStore {
 
     async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
         // One write to the product item, not a check of every shard: any write that brings
-        // stock back raises `restocks` in the same transaction.
+        // stock back raises `restocks`, in its transaction (new stock) or right after it (a
+        // return; see `restore` for why that is enough).
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(product_pk(&product.sku), META)))
+            .set_key(Some(product_key(&product.sku)))
             .update_expression("SET sold_out = :t")
             .condition_expression(
                 "attribute_exists(pk) AND (restocks = :seen OR (attribute_not_exists(restocks) AND :seen = :zero))",
@@ -734,36 +788,66 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn read_shards(&self, sku: &Sku) -> PortResult<Vec<ShardStock>> {
-        let resp = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(product_pk(sku)))
-            .expression_attribute_values(":prefix", s("SHARD#"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk("dynamodb Query"))?;
-        resp.items()
+    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(product_key(sku)))
+                .update_expression("REMOVE sold_out ADD restocks :one")
+                // Never create a product item out of an order whose product is gone.
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":one", n(1))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            self.stats.record(&result, 0);
+            let e = match result {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => return Ok(()),
+                // Only a transaction on the product item (new stock) conflicts with this.
+                Some(UpdateItemError::TransactionConflictException(_))
+                    if attempt < RESTOCK_ATTEMPTS =>
+                {
+                    tokio::time::sleep(jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, attempt)).await
+                }
+                _ => return Err(port_error("dynamodb UpdateItem", e)),
+            }
+        }
+    }
+
+    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
+        // The shards are separate partitions, so no Query finds them all: the product knows
+        // how many it has, and one BatchGetItem (at most 64 keys, well under its 100) reads
+        // them consistently.
+        let keys = (0..product.shards)
+            .map(|shard| shard_key(&product.sku, shard))
+            .collect();
+        let mut shards = self
+            .batch_get(keys)
+            .await?
             .iter()
             .map(|item| {
                 let shard = get_s(item, "sk")
-                    .and_then(|sk| sk.strip_prefix("SHARD#"))
-                    .and_then(|n| n.parse().ok())
+                    .and_then(shard_of)
                     .ok_or_else(|| malformed("shard key"))?;
                 let available = get_n(item, "available").ok_or_else(|| malformed("available"))?;
                 Ok(ShardStock { shard, available })
             })
-            .collect()
+            .collect::<PortResult<Vec<_>>>()?;
+        // BatchGetItem answers in no particular order.
+        shards.sort_by_key(|s| s.shard);
+        Ok(shards)
     }
 
     async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {
-        let keys = users
-            .iter()
-            .map(|u| key(product_pk(sku), buyer_sk(u)))
-            .collect();
+        let keys = users.iter().map(|u| buyer_key(sku, u)).collect();
         let mut out = HashMap::new();
         for item in self.batch_get(keys).await? {
             let user = get_s(&item, "sk")
@@ -820,7 +904,7 @@ impl Store for DynamoStore {
         // Condition expressions cannot add, so `admitted + q <= limit` is written as
         // `admitted <= limit - q`.
         let admit = self
-            .update(key(product_pk(&order.sku), admit_sk(&order.owner)))
+            .update(admit_key(&order.sku, &order.owner))
             .update_expression("ADD admitted :q")
             .condition_expression("attribute_not_exists(admitted) OR admitted <= :max")
             .expression_attribute_values(":q", n(q))
@@ -888,7 +972,7 @@ impl Store for DynamoStore {
         let mut items = Vec::new();
         for t in &c.takes {
             items.push(build(
-                self.update(key(product_pk(sku), shard_sk(t.shard)))
+                self.update(shard_key(sku, t.shard))
                     .update_expression("SET available = available - :u")
                     .condition_expression("available >= :u")
                     .expression_attribute_values(":u", n(t.units)),
@@ -913,7 +997,7 @@ impl Store for DynamoStore {
         if let Some(limit) = c.limit {
             for (user, units) in &c.counters {
                 items.push(build(
-                    self.update(key(product_pk(sku), buyer_sk(user)))
+                    self.update(buyer_key(sku, user))
                         .update_expression("ADD units :u")
                         .condition_expression("attribute_not_exists(units) OR units <= :max")
                         .expression_attribute_values(":u", n(units))
@@ -1091,7 +1175,10 @@ impl Store for DynamoStore {
         // order as read: guess from `counted` (both follow the product's limit), put the guess
         // in the condition, and if the item says otherwise write again with the other guess.
         let mut admitted = order.counted;
-        for _ in 0..2 {
+        let mut guesses = 0;
+        let mut conflicts = 0;
+        let started = tokio::time::Instant::now();
+        loop {
             let flag = if admitted {
                 "attribute_exists(admitted)"
             } else {
@@ -1099,24 +1186,45 @@ impl Store for DynamoStore {
             };
             let status = u.clone().condition_expression(format!("{cond} AND {flag}"));
             let reasons = match self.restore(order, status, admitted).await? {
-                None => return Ok(Advance::Done(updated)),
+                None => {
+                    self.clear_sold_out(&order.sku).await?;
+                    return Ok(Advance::Done(updated));
+                }
                 Some(r) => r,
             };
-            let stale = match reasons.first() {
+            match reasons.first() {
                 Some((code, Some(item))) if is_ccf(code) => {
-                    get_s(item, "status") != Some(t.from.as_str())
+                    let stale = get_s(item, "status") != Some(t.from.as_str())
                         || owner.is_some_and(|o| get_s(item, "owner") != Some(o.as_str()))
-                        || is_admitted(item) == admitted
+                        || is_admitted(item) == admitted;
+                    guesses += 1;
+                    if stale || guesses == 2 {
+                        if get_s(item, "status") == Some(OrderStatus::Canceled.as_str()) {
+                            // Canceled by someone else, who may have died between the return
+                            // and the flag: make the second write again (see `restore`).
+                            self.clear_sold_out(&order.sku).await?;
+                        }
+                        return Ok(Advance::Stale);
+                    }
+                    admitted = !admitted;
                 }
-                Some((code, None)) if is_ccf(code) => true,
-                _ => return Err(canceled_error(&reasons)),
-            };
-            if stale {
-                return Ok(Advance::Stale);
+                Some((code, None)) if is_ccf(code) => return Ok(Advance::Stale),
+                _ => {
+                    // A conflict with another transaction on one of the items (the shard, the
+                    // buyer's counters): conditional on the status read, so safe to try again,
+                    // after a jittered wait so the colliding writers spread out.
+                    let error = canceled_error(&reasons);
+                    conflicts += 1;
+                    let wait = jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, conflicts);
+                    if !matches!(error, PortError::Contention)
+                        || started.elapsed() + wait > RETURN_PATIENCE
+                    {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             }
-            admitted = !admitted;
         }
-        Ok(Advance::Stale)
     }
 
     async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
@@ -1203,8 +1311,30 @@ fn expiry(tat: Micros) -> i64 {
 
 impl DynamoStore {
     /// One transaction: the order's status change `status`, its stock back to the shards it
-    /// came from, the product's sold-out flag cleared, and the buyer's purchase counter and
-    /// (when `admitted`) admission count lowered. `Some(reasons)` when it was canceled.
+    /// came from, and the buyer's purchase counter and (when `admitted`) admission count
+    /// lowered. `Some(reasons)` when it was canceled.
+    ///
+    /// The product's `META` item is not in it: if it were, every return of a product would
+    /// write that one item, and concurrent returns would cancel each other
+    /// (`TransactionConflict`) even when they return stock to different shards. Instead the
+    /// caller raises `restocks` and clears `sold_out` with a single `UpdateItem`
+    /// ([`Store::clear_sold_out`]) once this has committed. Single-item writes to one item do
+    /// not conflict with each other, so returns only meet on a shard or a buyer's counters.
+    ///
+    /// Why the sold-out flag still never hides units that came back. `mark_sold_out` reads
+    /// the product (`restocks = r`), then reads every shard consistently and sees them empty,
+    /// then sets the flag on condition `restocks = r`. Take a return: its transaction T, then
+    /// its flag write U (`restocks + 1`, flag removed).
+    /// - The flag is set after U: the condition held, and `restocks` only grows, so the
+    ///   product read already included U, hence came after T committed; the shard read came
+    ///   after that and saw T's units (or orders that took them since). Not hidden.
+    /// - The flag is set before U: U removes it afterwards.
+    /// - The process dies between T and U (or U fails): the flag may stay set over units that
+    ///   are back. Whoever finds the order canceled makes U again: the buyer's repeated
+    ///   cancel or refund, the payment timeout's redelivery or its own message arriving for
+    ///   an order the buyer canceled, a lost race in `advance`. Until one of them (or the next
+    ///   return or new stock of the product) comes, `place-order` refuses it as sold out: a
+    ///   missed sale, never an oversell.
     async fn restore(
         &self,
         order: &Order,
@@ -1223,7 +1353,7 @@ impl DynamoStore {
             items.push(
                 TransactWriteItem::builder()
                     .update(
-                        self.update(key(product_pk(&order.sku), shard_sk(take.shard)))
+                        self.update(shard_key(&order.sku, take.shard))
                             .update_expression("ADD available :u")
                             .expression_attribute_values(":u", n(take.units))
                             .build()
@@ -1232,23 +1362,11 @@ impl DynamoStore {
                     .build(),
             );
         }
-        // Stock is back, so the product is no longer sold out.
-        items.push(
-            TransactWriteItem::builder()
-                .update(
-                    self.update(key(product_pk(&order.sku), META))
-                        .update_expression("REMOVE sold_out ADD restocks :one")
-                        .expression_attribute_values(":one", n(1))
-                        .build()
-                        .map_err(|e| PortError::unavailable("building Update", e))?,
-                )
-                .build(),
-        );
         if order.counted {
             items.push(
                 TransactWriteItem::builder()
                     .update(
-                        self.update(key(product_pk(&order.sku), buyer_sk(&order.owner)))
+                        self.update(buyer_key(&order.sku, &order.owner))
                             .update_expression("ADD units :minus")
                             .expression_attribute_values(
                                 ":minus",
@@ -1346,6 +1464,35 @@ mod tests {
         };
         assert!(store.create_limited_order(&order, 2).await.is_err());
         assert!(store.reject(&order.id, Reason::SoldOut, 0).await.is_err());
+    }
+
+    #[test]
+    fn every_shard_and_every_buyer_has_a_partition_of_its_own_that_names_its_product() {
+        let sku = Sku::parse("P-1").unwrap();
+        let (alice, bob) = (
+            UserId::parse("alice#1").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        let pk = |k: &Item| get_s(k, "pk").unwrap().to_owned();
+        let keys = [
+            product_key(&sku),
+            shard_key(&sku, 0),
+            shard_key(&sku, 1),
+            buyer_key(&sku, &alice),
+            buyer_key(&sku, &bob),
+        ];
+        let partitions: std::collections::HashSet<String> = keys.iter().map(pk).collect();
+        assert_eq!(partitions.len(), keys.len());
+        // A buyer's two counters share one partition, which only that buyer writes.
+        assert_eq!(pk(&admit_key(&sku, &alice)), pk(&buyer_key(&sku, &alice)));
+        for k in keys.iter().chain([&admit_key(&sku, &alice)]) {
+            assert_eq!(product_of(&pk(k)), Some("P-1"));
+        }
+        // A SKU that extends another one is another product.
+        let longer = Sku::parse("P-1-2").unwrap();
+        assert_eq!(product_of(&pk(&shard_key(&longer, 0))), Some("P-1-2"));
+        assert_eq!(product_of("ORDER#abc"), None);
+        assert_eq!(get_s(&shard_key(&sku, 7), "sk").and_then(shard_of), Some(7));
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl<'a> Group<'a> {
         let fresh = self.view.is_none();
         let shards = match self.view.take() {
             Some(v) => v,
-            None => store.read_shards(self.sku()).await?,
+            None => store.read_shards(self.product).await?,
         };
         let bought = match self.product.per_user_limit {
             Some(_) => {

@@ -190,7 +190,15 @@ pub async fn expire<S: Store>(store: &S, order: Order, now: Millis) -> PortResul
                 },
             },
             Due::NotYet(d) => return Ok(Expiry::NotYet(d)),
-            Due::Settled => return Ok(Expiry::Settled(order.status)),
+            Due::Settled => {
+                // Canceled (by this message's earlier delivery, or by its buyer): the process
+                // that did it may have stopped between returning the stock and clearing the
+                // sold-out flag, so clear it again (see `Store::clear_sold_out`).
+                if order.status == OrderStatus::Canceled {
+                    store.clear_sold_out(&order.sku).await?;
+                }
+                return Ok(Expiry::Settled(order.status));
+            }
             Due::NoDeadline => return Ok(Expiry::NoDeadline),
         }
     }

@@ -133,8 +133,16 @@ pub trait Store: Send + Sync {
     /// read (its `restocks` count has not moved); `false` if some did. The caller must have
     /// seen every shard empty in a read made after reading `product`.
     fn mark_sold_out(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
-    /// What each shard holds, read consistently.
-    fn read_shards(&self, sku: &Sku) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
+    /// Raises the product's `restocks` count and clears its sold-out flag: the write that
+    /// follows every stock return ([`Store::advance`] makes it). Whoever finds an order
+    /// already canceled makes it again, since the process that canceled it may have stopped
+    /// between the two writes; repeating it is harmless.
+    fn clear_sold_out(&self, sku: &Sku) -> impl Future<Output = PortResult<()>> + Send;
+    /// What each of `product`'s shards holds, read consistently, in shard order.
+    fn read_shards(
+        &self,
+        product: &Product,
+    ) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
     /// Units each buyer has bought of `sku`, read consistently; absent means none.
     fn read_bought(
         &self,
@@ -172,7 +180,8 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = PortResult<bool>> + Send;
     /// Applies `t` to `order` (as read) with a condition on its status and, unless
     /// `owner` is `None`, its owner. Stock comes back in the same write when `t` says so, and
-    /// then the product's sold-out flag is cleared in it too.
+    /// then the product's sold-out flag is cleared right after ([`Store::clear_sold_out`]);
+    /// conflicts with other writers of the same items are retried before giving up.
     fn advance(
         &self,
         order: &Order,

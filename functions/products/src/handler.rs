@@ -40,7 +40,7 @@ impl<S: Store> Products<S> {
             .ok_or(ApiError::NotFound("product"))?;
         let available = self
             .store
-            .read_shards(sku)
+            .read_shards(&product)
             .await?
             .iter()
             .map(|s| s.available)

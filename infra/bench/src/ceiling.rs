@@ -186,7 +186,20 @@ pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> a
             tag.clone(),
         );
         async move {
-            let hot = key(format!("PRODUCT#{tag}"), &format!("SHARD#{:03}", i % 4));
+            // The pipeline's layout: each shard a partition of its own.
+            let sku = flash_domain::Sku::parse(&tag).ok();
+            let shard = |n: u64| {
+                sku.as_ref().map_or_else(
+                    || {
+                        key(
+                            format!("PRODUCT#{tag}#SHARD#{n:03}"),
+                            &format!("SHARD#{n:03}"),
+                        )
+                    },
+                    |sku| flash_aws::dynamo::shard_key(sku, n as u32),
+                )
+            };
+            let hot = shard(i % 4);
             match i % 8 {
                 0 => put_record(&ddb, &table, &tag, i).await,
                 1 => ddb
@@ -208,16 +221,19 @@ pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> a
                     .send()
                     .await
                     .is_ok(),
-                3 => ddb
-                    .query()
-                    .table_name(&table)
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                    .expression_attribute_values(":pk", crate::hot::s(format!("PRODUCT#{tag}")))
-                    .expression_attribute_values(":p", crate::hot::s("SHARD#"))
+                3 => match KeysAndAttributes::builder()
+                    .set_keys(Some((0..4).map(shard).collect()))
                     .consistent_read(true)
-                    .send()
-                    .await
-                    .is_ok(),
+                    .build()
+                {
+                    Ok(k) => ddb
+                        .batch_get_item()
+                        .request_items(&table, k)
+                        .send()
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                },
                 4 => {
                     let items = (0..10)
                         .filter_map(|j| {

@@ -1,7 +1,7 @@
 //! `make bench`: one flash sale — one hot product, `--buyers` buyers for `--stock` units,
 //! `--concurrency` at a time — through four designs, each on a fresh SKU and under its own
-//! instance of the same DynamoDB capacity model (the per-item write budget, scaled by
-//! `--scale`, and transaction conflicts), against the local stack in `--state`:
+//! instance of the same DynamoDB capacity model (the per-item and per-partition write budgets,
+//! scaled by `--scale`, and transaction conflicts), against the local stack in `--state`:
 //!
 //! - `version_lock`: read stock and version, conditional write on the version, ≤ 3 retries;
 //! - `lease_lock`: a lease item taken with a conditional put (5 s expiry), stock read and

@@ -352,8 +352,16 @@ fn run_started_ms(run: &Run) -> i64 {
 
 /// Reads the shards until they hold nothing, and marks that moment as the sell-out.
 async fn watch_stock(store: DynamoStore, sku: Sku, run: Arc<Run>, done: Arc<AtomicBool>) {
+    let mut product = None;
     while !done.load(Relaxed) {
-        if let Ok(shards) = store.read_shards(&sku).await {
+        if product.is_none() {
+            product = store.get_product(&sku).await.ok().flatten();
+        }
+        let Some(product) = &product else {
+            tokio::time::sleep(STOCK_POLL).await;
+            continue;
+        };
+        if let Ok(shards) = store.read_shards(product).await {
             if !shards.is_empty() && shards.iter().all(|s| s.available == 0) {
                 run.mark_sellout();
                 return;
