@@ -53,6 +53,24 @@ pub async fn sdk() -> aws_config::SdkConfig {
     flash_aws::config::sdk_config().await
 }
 
+/// The SDK configuration of the stack with `faults` under its HTTP client, and retries that
+/// back off in milliseconds rather than seconds (the attempts are the SDK's default three).
+pub async fn faulty_sdk(faults: &crate::sdk_faults::SdkFaults) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    use std::time::Duration;
+    sdk()
+        .await
+        .into_builder()
+        .http_client(faults.http_client(flash_aws::capacity::default_https_client()))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(5))
+                .with_max_backoff(Duration::from_millis(40)),
+        )
+        .build()
+}
+
 /// The store the scenarios use, without the per-caller rate limit: they send many requests
 /// as one caller (an admin cancelling 40 orders at once); the rate limit has scenarios of its
 /// own ([`rate_limited_store`]).

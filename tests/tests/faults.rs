@@ -1496,24 +1496,6 @@ async fn stack() -> Stack {
     }
 }
 
-/// The SDK configuration of the stack with `faults` under its HTTP client, and retries that
-/// back off in milliseconds rather than seconds (the attempts are the SDK's default three).
-async fn faulty_sdk(faults: &SdkFaults) -> aws_config::SdkConfig {
-    use aws_config::retry::RetryConfig;
-    use std::time::Duration;
-    stack::sdk()
-        .await
-        .into_builder()
-        .http_client(faults.http_client(flash_aws::capacity::default_https_client()))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(3)
-                .with_initial_backoff(Duration::from_millis(5))
-                .with_max_backoff(Duration::from_millis(40)),
-        )
-        .build()
-}
-
 /// An orders queue with its DLQ, as template.yaml's redrive policy has it, but a visibility
 /// timeout of 1 s so failed messages come back quickly.
 async fn live_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
@@ -1899,7 +1881,7 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
         });
     }
     let faults = SdkFaults::new(rules.clone());
-    let sdk = faulty_sdk(&faults).await;
+    let sdk = stack::faulty_sdk(&faults).await;
     let sku_text = stack::unique_sku(&format!("FAULT{i}"));
     let (url, dlq) = live_queues(
         &stack.sqs,

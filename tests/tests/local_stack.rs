@@ -145,6 +145,71 @@ async fn orders_flow_from_the_api_through_the_queue_to_a_decision() {
     );
 }
 
+/// A put of an order can meet another writer's transaction: a replay's, the processor's
+/// transaction deciding the order it names; a new limited order's, the buyer's other orders on
+/// their admission count. On DynamoDB that is a `TransactionConflict`; DynamoDB Local
+/// serialises instead, so the conflicts are injected under the SDK. Neither gets a `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_put_that_meets_another_writers_transaction_is_not_answered_503() {
+    use flash_tests::sdk_faults::{Rule, SdkFault, SdkFaults};
+    for (limit, op) in [(None, "PutItem"), (Some(3), "TransactWriteItems")] {
+        // GIVEN a product (with and without a per-user limit) and an order admitted by x
+        let mut spec = json!({"name": "Phone", "stock": 10});
+        if let Some(limit) = limit {
+            spec["per_user_limit"] = json!(limit);
+        }
+        let sale = Sale::open("conflict", spec).await;
+        let order = |key: &str| {
+            Req::place_order(
+                "x",
+                &format!("{}-{key}", sale.sku),
+                &json!({"sku": sale.sku, "quantity": 1}).to_string(),
+            )
+            .build()
+        };
+        let first = sale.place.handle(order("a")).await;
+        assert_eq!(first.status(), 202, "{:?}", body(&first));
+        // WHEN its replay's write, and then a new order's first two writes, meet a conflict
+        // (three in a row outlast the SDK's own attempts, had it retried them)
+        let faults = SdkFaults::new(vec![Rule {
+            op,
+            skip: 0,
+            times: 3,
+            fault: SdkFault::Conflict,
+        }]);
+        let store =
+            DynamoStore::from_config(&stack::faulty_sdk(&faults).await, stack::var("TABLE_NAME"))
+                .with_rate_limit(None);
+        let (queue, _) = stack::test_queue("conflict").await;
+        let place = PlaceOrder::new(store, queue);
+        let replay = place.handle(order("a")).await;
+        let faults_after_replay = faults.fired().values().sum::<usize>();
+        let fresh = place.handle(order("b")).await;
+        // THEN the replay is answered from the stored order, and the new order is written
+        assert_eq!(faults_after_replay, 1, "{:?}", faults.fired());
+        assert_eq!(replay.status(), 202, "{limit:?}: {:?}", body(&replay));
+        assert_eq!(body(&replay)["order_id"], body(&first)["order_id"]);
+        assert_eq!(fresh.status(), 202, "{limit:?}: {:?}", body(&fresh));
+        assert_eq!(
+            faults.fired().values().sum::<usize>(),
+            3,
+            "{:?}",
+            faults.fired()
+        );
+        let id = body(&fresh)["order_id"]
+            .as_str()
+            .expect("order_id")
+            .to_owned();
+        let stored = flash_domain::ports::Store::get_order(
+            &sale.store,
+            &flash_domain::OrderId::parse(&id).expect("order id"),
+        )
+        .await
+        .expect("read");
+        assert_eq!(stored.map(|o| o.status), Some(OrderStatus::Queued));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     // GIVEN 100 units

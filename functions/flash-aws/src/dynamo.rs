@@ -630,6 +630,128 @@ fn is_ccf(code: &Option<String>) -> bool {
     code.as_deref() == Some("ConditionalCheckFailed")
 }
 
+impl DynamoStore {
+    /// One conditional put of a new order; `Ok(None)` when it met another writer's
+    /// transaction on the order item.
+    async fn put_order(&self, order: &Order) -> PortResult<Option<CreateOrder>> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(encode_order(order)))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        self.stats.record(&result, 0);
+        match result {
+            Ok(_) => Ok(Some(CreateOrder::Created)),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                    let item = c
+                        .item
+                        .as_ref()
+                        .ok_or_else(|| malformed("missing old order"))?;
+                    Ok(Some(CreateOrder::Exists(decode_order(item)?)))
+                }
+                Some(PutItemError::TransactionConflictException(_)) => Ok(None),
+                _ => Err(port_error("dynamodb PutItem", e)),
+            },
+        }
+    }
+
+    /// One transaction writing a new order and raising the buyer's admission count; `Ok(None)`
+    /// when it met another writer's transaction on one of the two items.
+    async fn put_limited_order(
+        &self,
+        order: &Order,
+        limit: u32,
+    ) -> PortResult<Option<CreateOrder>> {
+        let q = order.quantity.get();
+        let Some(max) = limit.checked_sub(q) else {
+            // More than the limit in one order: never admitted, nothing written.
+            return Ok(Some(CreateOrder::LimitReached { admitted: 0 }));
+        };
+        let mut item = encode_order(order);
+        item.insert("admitted".into(), AttributeValue::Bool(true));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| PortError::unavailable("building Put", e))?;
+        // Condition expressions cannot add, so `admitted + q <= limit` is written as
+        // `admitted <= limit - q`.
+        let admit = self
+            .update(admit_key(&order.sku, &order.owner))
+            .update_expression("ADD admitted :q")
+            .condition_expression("attribute_not_exists(admitted) OR admitted <= :max")
+            .expression_attribute_values(":q", n(q))
+            .expression_attribute_values(":max", n(max))
+            .build()
+            .map_err(|e| PortError::unavailable("building Update", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(admit).build(),
+        ];
+        let reasons = match self.transact(items, 0).await {
+            Ok(()) => return Ok(Some(CreateOrder::Created)),
+            Err(TxFailure::Other(e)) => return Err(e),
+            Err(TxFailure::Canceled(r)) => r,
+        };
+        // A replay first, whatever the counter says: the original order is the answer.
+        if let Some((code, old)) = reasons.first() {
+            if is_ccf(code) {
+                let item = old.as_ref().ok_or_else(|| malformed("missing old order"))?;
+                return Ok(Some(CreateOrder::Exists(decode_order(item)?)));
+            }
+        }
+        match reasons.get(1) {
+            Some((code, old)) if is_ccf(code) => Ok(Some(CreateOrder::LimitReached {
+                admitted: old.as_ref().and_then(|i| get_n(i, "admitted")).unwrap_or(0),
+            })),
+            _ => match canceled_error(&reasons) {
+                PortError::Contention => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Writes a new order with `attempt`, through conflicts with other writers' transactions.
+    /// A replay's put meets the processor's transaction on the order it names (deciding it);
+    /// a limited order's also meets the buyer's other orders on their admission count. Neither
+    /// is a reason for a `503`: the stored order, once there, is the answer the put would have
+    /// given, and with none stored the write is tried again after a jittered wait, for as long
+    /// as a stock return would try ([`RETURN_PATIENCE`]).
+    async fn create_despite_conflicts<F>(
+        &self,
+        order: &Order,
+        attempt: impl Fn() -> F,
+    ) -> PortResult<CreateOrder>
+    where
+        F: std::future::Future<Output = PortResult<Option<CreateOrder>>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut conflicts = 0;
+        loop {
+            if let Some(created) = attempt().await? {
+                return Ok(created);
+            }
+            if let Some(stored) = self.get_order(&order.id).await? {
+                return Ok(CreateOrder::Exists(stored));
+            }
+            conflicts += 1;
+            let wait = jittered(RETURN_BACKOFF, RETURN_BACKOFF_CAP, conflicts);
+            if started.elapsed() + wait > RETURN_PATIENCE {
+                return Err(PortError::Contention);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 impl Store for DynamoStore {
     async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
         let resp = self
@@ -860,79 +982,13 @@ impl Store for DynamoStore {
     }
 
     async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(encode_order(order)))
-            .condition_expression("attribute_not_exists(pk)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.stats.record(&result, 0);
-        match result {
-            Ok(_) => Ok(CreateOrder::Created),
-            Err(e) => match e.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(c)) => {
-                    let item = c
-                        .item
-                        .as_ref()
-                        .ok_or_else(|| malformed("missing old order"))?;
-                    Ok(CreateOrder::Exists(decode_order(item)?))
-                }
-                _ => Err(port_error("dynamodb PutItem", e)),
-            },
-        }
+        self.create_despite_conflicts(order, || self.put_order(order))
+            .await
     }
 
     async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
-        let q = order.quantity.get();
-        let Some(max) = limit.checked_sub(q) else {
-            // More than the limit in one order: never admitted, nothing written.
-            return Ok(CreateOrder::LimitReached { admitted: 0 });
-        };
-        let mut item = encode_order(order);
-        item.insert("admitted".into(), AttributeValue::Bool(true));
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .build()
-            .map_err(|e| PortError::unavailable("building Put", e))?;
-        // Condition expressions cannot add, so `admitted + q <= limit` is written as
-        // `admitted <= limit - q`.
-        let admit = self
-            .update(admit_key(&order.sku, &order.owner))
-            .update_expression("ADD admitted :q")
-            .condition_expression("attribute_not_exists(admitted) OR admitted <= :max")
-            .expression_attribute_values(":q", n(q))
-            .expression_attribute_values(":max", n(max))
-            .build()
-            .map_err(|e| PortError::unavailable("building Update", e))?;
-        let items = vec![
-            TransactWriteItem::builder().put(put).build(),
-            TransactWriteItem::builder().update(admit).build(),
-        ];
-        let reasons = match self.transact(items, 0).await {
-            Ok(()) => return Ok(CreateOrder::Created),
-            Err(TxFailure::Other(e)) => return Err(e),
-            Err(TxFailure::Canceled(r)) => r,
-        };
-        // A replay first, whatever the counter says: the original order is the answer.
-        if let Some((code, old)) = reasons.first() {
-            if is_ccf(code) {
-                let item = old.as_ref().ok_or_else(|| malformed("missing old order"))?;
-                return Ok(CreateOrder::Exists(decode_order(item)?));
-            }
-        }
-        match reasons.get(1) {
-            Some((code, old)) if is_ccf(code) => Ok(CreateOrder::LimitReached {
-                admitted: old.as_ref().and_then(|i| get_n(i, "admitted")).unwrap_or(0),
-            }),
-            _ => Err(canceled_error(&reasons)),
-        }
+        self.create_despite_conflicts(order, || self.put_limited_order(order, limit))
+            .await
     }
 
     async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
