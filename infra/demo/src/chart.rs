@@ -66,11 +66,14 @@ where
         .y_desc("orders decided (count)")
         .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(WHITE.mix(0.0))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
         .draw()?;
     chart
         .configure_secondary_axes()
         .y_desc("stock left (units)")
-        .label_style(("sans-serif", 12).into_font().color(&RED))
+        .label_style(("sans-serif", 13).into_font().color(&RED))
+        .axis_desc_style(("sans-serif", 14).into_font().color(&RED))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     chart
@@ -145,6 +148,8 @@ where
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(WHITE.mix(0.0))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
         .draw()?;
     chart
         .draw_series(bins.iter().map(|&(start, n)| {
