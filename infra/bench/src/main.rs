@@ -44,7 +44,7 @@ pub const DESIGNS: [&str; 4] = ["version_lock", "lease_lock", "per_order", "pipe
 /// local stack; or, with `--cold-start`, each function's cold start. Writes `--report` (JSON)
 /// and, for the sale, a chart of the designs beside it (same name, `.svg`).
 #[derive(Debug, Parser)]
-#[command(name = "flash-bench", version, about)]
+#[command(name = "flash-bench", version)]
 pub struct Args {
     /// The local stack's state directory (holds stack.env).
     #[arg(long, default_value = ".local/bench", value_name = "DIR")]
@@ -58,14 +58,20 @@ pub struct Args {
     /// Buyers in flight at once.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = positive::<usize>)]
     pub concurrency: usize,
-    /// Scale of the per-item write budget (see DEFAULT_SCALE for why 0.1).
+    /// Scale of the per-item write budget, so that it bites on one machine.
     #[arg(long, default_value_t = DEFAULT_SCALE, value_name = "F", value_parser = positive::<f64>)]
     pub scale: f64,
     /// DynamoDB's per-item write budget in write units per second, before scaling.
     #[arg(long, default_value_t = ITEM_WRITE_UNITS_PER_S, value_name = "N", value_parser = positive::<f64>)]
     pub item_write_units: f64,
     /// The designs to run, comma-separated, in this order.
-    #[arg(long, value_delimiter = ',', default_values_t = DESIGNS.map(str::to_owned), value_parser = design)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        default_value = "version_lock,lease_lock,per_order,pipeline",
+        value_parser = design
+    )]
     pub designs: Vec<String>,
     /// Shards for the pipeline's product [default: the product's own, from the stock].
     #[arg(long, value_name = "N")]

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 /// A flash sale against the local stack's HTTP API, with a report and a chart under
 /// `STATE/reports/`.
 #[derive(Debug, Parser)]
-#[command(name = "flash-demo", version, about)]
+#[command(name = "flash-demo", version)]
 struct Args {
     /// The local stack's state directory (holds stack.env and the signing key).
     #[arg(long, default_value = ".local", value_name = "DIR")]
