@@ -102,11 +102,12 @@ impl Spread {
         for ms in times_ms {
             h.saturating_record((ms.max(0.0) * 1000.0).round() as u64);
         }
+        // The middle of the value's bucket: the histogram's best estimate of it.
         let ms = |us: u64| {
             if h.is_empty() {
                 0.0
             } else {
-                round3(us as f64 / 1000.0)
+                round3(h.median_equivalent(us) as f64 / 1000.0)
             }
         };
         Self {

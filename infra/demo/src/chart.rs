@@ -108,7 +108,8 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleRight)
+        // Lower right is free in a sale: stock is down to zero there and the decided line high.
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
         .label_font(("sans-serif", 13))
@@ -127,7 +128,8 @@ where
     let width = nice_step(max / 40.0);
     let bins = latency.bins(width);
     let x_max = bins.last().map_or(max, |b| b.0 + width).max(max) * 1.02;
-    let y_max = bins.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64 * 1.1;
+    // Headroom above the tallest bin for the legend.
+    let y_max = bins.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64 * 1.3;
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
