@@ -4,6 +4,7 @@
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use aws_sdk_sqs::Client;
+use flash_domain::clock::Millis;
 use flash_domain::ports::{PortError, PortResult, Queue, Redelivery};
 use flash_domain::OrderMessage;
 use std::collections::HashMap;
@@ -56,6 +57,22 @@ pub fn parse_records<T: serde::de::DeserializeOwned>(
 
 /// The answer of an SQS-triggered function that reports partial batch failures: the records
 /// named in `failed` (each once) come back, the others are deleted.
+/// The template's default function `Timeout` (Globals), standing in for a deadline the
+/// context does not really give (see [`invocation_deadline`]).
+const DEFAULT_TIMEOUT_MS: Millis = 10_000;
+
+/// When the invocation must be over, in epoch ms, from Lambda's context (`Context::deadline`)
+/// at `now`. A deadline already past as the invocation starts is not one Lambda gives:
+/// `cargo lambda watch` sends a fixed 600,000 (ten minutes after the epoch). Then the
+/// template's default timeout from now stands in for it, so the consumer still tries its
+/// batch instead of handing every record back untried.
+pub fn invocation_deadline(context_deadline_ms: u64, now: Millis) -> Millis {
+    match Millis::try_from(context_deadline_ms) {
+        Ok(deadline) if deadline > now => deadline,
+        _ => now.saturating_add(DEFAULT_TIMEOUT_MS),
+    }
+}
+
 pub fn batch_response(mut failed: Vec<String>) -> SqsBatchResponse {
     failed.sort();
     failed.dedup();
@@ -233,6 +250,19 @@ impl Queue for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_already_past_stands_for_none_and_gets_the_default_timeout() {
+        let now = 1_800_000_000_000;
+        assert_eq!(
+            invocation_deadline(1_800_000_030_000, now),
+            1_800_000_030_000
+        );
+        // cargo lambda watch's fixed header, and a deadline that has just passed
+        assert_eq!(invocation_deadline(600_000, now), now + 10_000);
+        assert_eq!(invocation_deadline(1_799_999_999_000, now), now + 10_000);
+        assert_eq!(invocation_deadline(u64::MAX, now), now + 10_000);
+    }
     use serde_json::json;
     use std::sync::Mutex;
 

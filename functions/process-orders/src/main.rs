@@ -1,6 +1,7 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use flash_aws::config::payment_timeouts_queue_url;
 use flash_aws::{Config, DynamoStore, SqsQueue, SqsTimeouts};
+use flash_domain::clock::now_ms;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use process_orders::ProcessOrders;
 
@@ -17,7 +18,7 @@ async fn main() -> Result<(), Error> {
     let orders = &SqsQueue::from_config(&sdk, config.queue_url()?);
     run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
         // Lambda's deadline for this invocation, in epoch ms.
-        let deadline = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        let deadline = flash_aws::sqs::invocation_deadline(event.context.deadline, now_ms());
         let (response, _) = handler
             .process_and_hand_back(timeouts, orders, event.payload, deadline)
             .await;
