@@ -7,6 +7,7 @@
 
 use crate::sale::round3;
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -63,29 +64,58 @@ pub fn measure_all(lambda_dir: &Path, starts: usize) -> anyhow::Result<BTreeMap<
         }
         // One start not counted: it pages the binary in.
         start_once(function, &binary)?;
-        let mut times = (0..starts)
+        let times = (0..starts)
             .map(|_| start_once(function, &binary).map(|d| d.as_secs_f64() * 1000.0))
             .collect::<anyhow::Result<Vec<f64>>>()?;
-        times.sort_by(f64::total_cmp);
-        let median = if times.len() % 2 == 1 {
-            times[times.len() / 2]
-        } else {
-            (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-        };
+        let spread = Spread::of(&times);
         out.insert(
             function.to_owned(),
             Measured {
                 report: ColdStart {
-                    init_ms_median: round3(median),
+                    init_ms_median: spread.median_ms,
                     binary_bytes: std::fs::metadata(&binary)?.len(),
                     zip_bytes: std::fs::metadata(&zip)?.len(),
                 },
-                min_ms: round3(times[0]),
-                max_ms: round3(times[times.len() - 1]),
+                min_ms: spread.min_ms,
+                max_ms: spread.max_ms,
             },
         );
     }
     Ok(out)
+}
+
+/// The median, min and max of a function's start times, read from an HdrHistogram of
+/// microseconds (3 significant digits, so within 0.1%). The median is the nearest rank: of an
+/// even count, the lower middle start.
+#[derive(Debug, PartialEq)]
+struct Spread {
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+impl Spread {
+    fn of(times_ms: &[f64]) -> Self {
+        // Up to START_TIMEOUT: a slower start fails before it is measured.
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("bounds and 3 significant digits are within HdrHistogram's limits");
+        for ms in times_ms {
+            h.saturating_record((ms.max(0.0) * 1000.0).round() as u64);
+        }
+        // The middle of the value's bucket: the histogram's best estimate of it.
+        let ms = |us: u64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                round3(h.median_equivalent(us) as f64 / 1000.0)
+            }
+        };
+        Self {
+            median_ms: ms(h.value_at_quantile(0.5)),
+            min_ms: ms(h.min()),
+            max_ms: ms(h.max()),
+        }
+    }
 }
 
 /// Refuses anything but an x86-64 ELF: an arm64 `bootstrap` cannot run here.
@@ -188,4 +218,34 @@ fn start_once(function: &str, binary: &Path) -> anyhow::Result<Duration> {
         bail!("{function}'s first runtime API request was {first:?}");
     }
     Ok(at - started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= want * 0.001 + 0.001
+    }
+
+    #[test]
+    fn the_spread_of_five_starts_is_their_median_min_and_max() {
+        let s = Spread::of(&[30.0, 10.0, 52.5, 20.0, 40.0]);
+        assert!(
+            close(s.median_ms, 30.0) && close(s.min_ms, 10.0) && close(s.max_ms, 52.5),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_lower_middle_start() {
+        let s = Spread::of(&[4.0, 1.0, 3.0, 2.0]);
+        assert!(close(s.median_ms, 2.0), "{s:?}");
+    }
+
+    #[test]
+    fn no_starts_spread_to_zeros() {
+        let s = Spread::of(&[]);
+        assert_eq!((s.median_ms, s.min_ms, s.max_ms), (0.0, 0.0, 0.0));
+    }
 }

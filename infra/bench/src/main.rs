@@ -11,10 +11,12 @@
 //!
 //! Each design runs the sale once unreported before its measured run. Before `pipeline` it
 //! measures the local ceiling (see `ceiling.rs`). It prints a table and the ratios and writes
-//! `--report` (default `.local/reports/bench.json`). `--cold-start` instead measures each
-//! function's cold start and adds it to that report.
+//! `--report` (default `.local/reports/bench.json`) and a chart of the designs beside it
+//! (`bench.svg`). `--cold-start` instead measures each function's cold start and adds it to
+//! that report.
 
 mod ceiling;
+mod chart;
 mod cold_start;
 mod hot;
 mod lease_lock;
@@ -25,6 +27,7 @@ mod sale;
 mod version_lock;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use flash_aws::capacity::CapacityModel;
 use report::Results;
 use sale::Sale;
@@ -37,30 +40,82 @@ const WARM_UP: Duration = Duration::from_secs(10);
 
 pub const DESIGNS: [&str; 4] = ["version_lock", "lease_lock", "per_order", "pipeline"];
 
-const USAGE: &str = "usage:
-  flash-bench [--state DIR] [--buyers N] [--stock N] [--concurrency N] [--scale F]
-              [--item-write-units N] [--designs a,b,...] [--shards N] [--ceiling-s S | --no-ceiling]
-              [--no-model] [--timeout-s S] [--report FILE]
-  flash-bench --cold-start [--lambda-dir DIR] [--starts N] [--report FILE]";
-
+/// One flash sale through four designs under DynamoDB's per-item write budget, against the
+/// local stack; or, with `--cold-start`, each function's cold start. Writes `--report` (JSON)
+/// and, for the sale, a chart of the designs beside it (same name, `.svg`).
+#[derive(Debug, Parser)]
+#[command(name = "flash-bench", version)]
 pub struct Args {
+    /// The local stack's state directory (holds stack.env).
+    #[arg(long, default_value = ".local/bench", value_name = "DIR")]
     pub state: PathBuf,
+    /// Distinct buyers, one unit each.
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = positive::<usize>)]
     pub buyers: usize,
+    /// Units of the one hot product.
+    #[arg(long, default_value_t = 2_000, value_name = "N", value_parser = positive::<u64>)]
     pub stock: u64,
+    /// Buyers in flight at once.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = positive::<usize>)]
     pub concurrency: usize,
+    /// Scale of the per-item write budget, so that it bites on one machine.
+    #[arg(long, default_value_t = DEFAULT_SCALE, value_name = "F", value_parser = positive::<f64>)]
     pub scale: f64,
+    /// DynamoDB's per-item write budget in write units per second, before scaling.
+    #[arg(long, default_value_t = ITEM_WRITE_UNITS_PER_S, value_name = "N", value_parser = positive::<f64>)]
     pub item_write_units: f64,
+    /// The designs to run, comma-separated, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        default_value = "version_lock,lease_lock,per_order,pipeline",
+        value_parser = design
+    )]
     pub designs: Vec<String>,
-    /// Shards for the pipeline's product; the product's default (from the stock) when absent.
+    /// Shards for the pipeline's product [default: the product's own, from the stock].
+    #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
-    pub ceiling: Option<Duration>,
-    /// `--no-model`: run the designs without the capacity model.
-    pub model: bool,
-    pub timeout: Duration,
+    /// Seconds of each local-ceiling round, measured before `pipeline`.
+    #[arg(long = "ceiling-s", default_value_t = 2.0, value_name = "S", value_parser = positive::<f64>)]
+    pub ceiling_s: f64,
+    /// Skip the local-ceiling measurement.
+    #[arg(long, conflicts_with = "ceiling_s")]
+    pub no_ceiling: bool,
+    /// Run the designs without the capacity model: the emulators' own limits only.
+    #[arg(long)]
+    pub no_model: bool,
+    /// Seconds after which a design is stopped; its remaining buyers count as undecided.
+    #[arg(long = "timeout-s", default_value_t = 900, value_name = "S")]
+    pub timeout_s: u64,
+    /// The JSON report; the sale's chart goes beside it with the extension `.svg`.
+    #[arg(long, default_value = ".local/reports/bench.json", value_name = "FILE")]
     pub report: PathBuf,
+    /// Measure each function's cold start instead of running the sale.
+    #[arg(long)]
     pub cold_start: bool,
+    /// Where `cargo lambda build` put the functions' bootstrap binaries (`--cold-start`).
+    #[arg(long, default_value = "target/lambda-bench", value_name = "DIR")]
     pub lambda_dir: PathBuf,
+    /// Cold starts measured per function (`--cold-start`).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = positive::<usize>)]
     pub starts: usize,
+}
+
+impl Args {
+    /// How long each local-ceiling round lasts; `None` with `--no-ceiling`.
+    pub fn ceiling(&self) -> Option<Duration> {
+        (!self.no_ceiling).then(|| Duration::from_secs_f64(self.ceiling_s))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+
+    /// The chart's path: the report's, with `.svg`.
+    pub fn chart(&self) -> PathBuf {
+        self.report.with_extension("svg")
+    }
 }
 
 /// DynamoDB's per-item write budget, before scaling.
@@ -72,67 +127,25 @@ pub const ITEM_WRITE_UNITS_PER_S: f64 = 1000.0;
 /// AWS, where one item's 1,000 WCU/s is a sliver of what the table takes.
 pub const DEFAULT_SCALE: f64 = 0.1;
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        state: PathBuf::from(".local/bench"),
-        buyers: 20_000,
-        stock: 2_000,
-        concurrency: 64,
-        scale: DEFAULT_SCALE,
-        item_write_units: ITEM_WRITE_UNITS_PER_S,
-        designs: DESIGNS.map(str::to_owned).to_vec(),
-        shards: None,
-        ceiling: Some(Duration::from_secs(2)),
-        model: true,
-        timeout: Duration::from_secs(900),
-        report: PathBuf::from(".local/reports/bench.json"),
-        cold_start: false,
-        lambda_dir: PathBuf::from("target/lambda-bench"),
-        starts: 20,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--state" => a.state = value()?.into(),
-            "--buyers" => a.buyers = value()?.parse().context("--buyers")?,
-            "--stock" => a.stock = value()?.parse().context("--stock")?,
-            "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
-            "--scale" => a.scale = value()?.parse().context("--scale")?,
-            "--item-write-units" => {
-                a.item_write_units = value()?.parse().context("--item-write-units")?
-            }
-            "--designs" => {
-                a.designs = value()?.split(',').map(|d| d.trim().to_owned()).collect();
-                if let Some(d) = a.designs.iter().find(|d| !DESIGNS.contains(&d.as_str())) {
-                    bail!("unknown design {d}; the designs are {}", DESIGNS.join(", "));
-                }
-            }
-            "--shards" => a.shards = Some(value()?.parse().context("--shards")?),
-            "--ceiling-s" => {
-                a.ceiling = Some(Duration::from_secs_f64(
-                    value()?.parse().context("--ceiling-s")?,
-                ))
-            }
-            "--no-ceiling" => a.ceiling = None,
-            "--no-model" => a.model = false,
-            "--timeout-s" => {
-                a.timeout = Duration::from_secs(value()?.parse().context("--timeout-s")?)
-            }
-            "--report" => a.report = value()?.into(),
-            "--cold-start" => a.cold_start = true,
-            "--lambda-dir" => a.lambda_dir = value()?.into(),
-            "--starts" => a.starts = value()?.parse().context("--starts")?,
-            other => bail!("unknown argument {other}"),
-        }
+/// A number above zero: a sale of nothing, or with nobody, proves nothing.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        Ok(_) => Err("must be above zero".into()),
+        Err(_) => Err(format!("{s:?} is not a number")),
     }
-    if a.buyers == 0 || a.stock == 0 || a.concurrency == 0 || a.starts == 0 {
-        bail!("--buyers, --stock, --concurrency and --starts must be positive");
+}
+
+fn design(s: &str) -> Result<String, String> {
+    let d = s.trim();
+    if DESIGNS.contains(&d) {
+        Ok(d.to_owned())
+    } else {
+        Err(format!(
+            "unknown design; the designs are {}",
+            DESIGNS.join(", ")
+        ))
     }
-    if !(a.scale > 0.0 && a.item_write_units > 0.0) {
-        bail!("--scale and --item-write-units must be positive");
-    }
-    Ok(a)
 }
 
 /// The local stack `infra/stack.py up --state DIR` started.
@@ -171,13 +184,7 @@ impl Stack {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("flash-bench: {e:#}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     // The functions' own logs (batches, groups, orders), to stderr, only when asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -211,10 +218,10 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
         buyers: args.buyers,
         stock: args.stock,
         concurrency: args.concurrency,
-        timeout: args.timeout,
+        timeout: args.timeout(),
     };
     let budget = CapacityModel::new(args.item_write_units, args.scale).budget_per_item();
-    if !args.model {
+    if args.no_model {
         hot::disable_model();
         eprintln!("capacity model OFF (--no-model): the emulators' own limits only");
     }
@@ -223,10 +230,16 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
         sale.buyers, sale.stock, sale.concurrency, args.item_write_units, args.scale
     );
     let stamp = flash_domain::clock::now_ms();
-    let mut results = Results::new(&sale, args.item_write_units, args.scale, budget, args.model);
+    let mut results = Results::new(
+        &sale,
+        args.item_write_units,
+        args.scale,
+        budget,
+        !args.no_model,
+    );
     eprintln!("warming up the emulators ({} s)", WARM_UP.as_secs());
     ceiling::warm_up(&stack, sale.concurrency, WARM_UP).await?;
-    if let Some(d) = args.ceiling {
+    if let Some(d) = args.ceiling() {
         eprintln!(
             "local ceiling: 2 rounds of {:.0} s each for PutItem, SendMessage, both",
             d.as_secs_f64()
@@ -258,6 +271,8 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(&args.report, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("report: {}", args.report.display());
+    std::fs::write(args.chart(), chart::svg(&json)?)?;
+    println!("chart:  {}", args.chart().display());
     let failures = results.pipeline_failures();
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -309,4 +324,78 @@ fn cold_starts(args: &Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&args.report, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("report: {} (cold_start)", args.report.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("flash-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let a = parse(&[]).expect("defaults parse");
+        assert_eq!(a.state, PathBuf::from(".local/bench"));
+        assert_eq!((a.buyers, a.stock, a.concurrency), (20_000, 2_000, 64));
+        assert_eq!((a.scale, a.item_write_units), (0.1, 1000.0));
+        assert_eq!(a.designs, DESIGNS.map(str::to_owned));
+        assert_eq!(a.shards, None);
+        assert_eq!(a.ceiling(), Some(Duration::from_secs(2)));
+        assert!(!a.no_model && !a.cold_start);
+        assert_eq!(a.timeout(), Duration::from_secs(900));
+        assert_eq!(a.report, PathBuf::from(".local/reports/bench.json"));
+        assert_eq!(a.chart(), PathBuf::from(".local/reports/bench.svg"));
+        assert_eq!(
+            (a.lambda_dir, a.starts),
+            (PathBuf::from("target/lambda-bench"), 20)
+        );
+    }
+
+    #[test]
+    fn the_makefile_flags_set_their_knobs() {
+        let a = parse(&[
+            "--state",
+            "s",
+            "--buyers",
+            "50",
+            "--stock",
+            "5",
+            "--concurrency",
+            "4",
+            "--scale",
+            "0.5",
+            "--designs",
+            "pipeline, per_order",
+            "--shards",
+            "3",
+            "--no-ceiling",
+            "--no-model",
+            "--report",
+            "r/b.json",
+        ])
+        .expect("parses");
+        assert_eq!((a.buyers, a.stock, a.concurrency, a.scale), (50, 5, 4, 0.5));
+        assert_eq!(a.designs, ["pipeline", "per_order"]);
+        assert_eq!((a.shards, a.ceiling(), a.no_model), (Some(3), None, true));
+        assert_eq!(a.chart(), PathBuf::from("r/b.svg"));
+        let c = parse(&["--cold-start", "--lambda-dir", "d", "--starts", "3"]).expect("parses");
+        assert!(c.cold_start);
+        assert_eq!((c.lambda_dir, c.starts), (PathBuf::from("d"), 3));
+    }
+
+    #[test]
+    fn a_bad_knob_is_a_usage_error() {
+        for bad in [
+            &["--scale", "0"][..],
+            &["--buyers", "0"],
+            &["--designs", "pipeline,optimistic"],
+            &["--ceiling-s", "1", "--no-ceiling"],
+            &["--stock"],
+        ] {
+            let e = parse(bad).expect_err("refused");
+            assert!(e.use_stderr() && e.exit_code() == 2, "{bad:?}: {e}");
+        }
+    }
 }

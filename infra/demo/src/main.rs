@@ -4,64 +4,59 @@
 //! order is decided, then checks the table with the invariant checker and reports. Exits
 //! non-zero when anything was oversold, stranded, left undecided or dead-lettered.
 
+mod chart;
 mod client;
 mod report;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use client::Api;
 use flash_aws::dynamo::WriteCounts;
 use flash_domain::clock::{now_ms, parse_rfc3339};
 use hyper::Method;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use local_gateway::jwt::Minter;
-use report::{round, Percentiles, Report};
+use report::{round, Latencies, Report};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// A flash sale against the local stack's HTTP API, with a report and a chart under
+/// `STATE/reports/`.
+#[derive(Debug, Parser)]
+#[command(name = "flash-demo", version)]
 struct Args {
+    /// The local stack's state directory (holds stack.env and the signing key).
+    #[arg(long, default_value = ".local", value_name = "DIR")]
     state: PathBuf,
+    /// Units of the product on sale.
+    #[arg(long, default_value_t = 1_000, value_name = "N", value_parser = positive::<u64>)]
     stock: u64,
+    /// Distinct buyers, one unit each.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = positive::<usize>)]
     buyers: usize,
+    /// Buyers' requests in flight at once.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = positive::<usize>)]
     concurrency: usize,
-    /// One buyer in this many sends its request twice with the same key.
+    /// One buyer in this many sends its request twice with the same Idempotency-Key.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = positive::<usize>)]
     replay_every: usize,
-    timeout: Duration,
+    /// Seconds to wait for every accepted order to be decided.
+    #[arg(long = "timeout-s", default_value_t = 300, value_name = "S")]
+    timeout_s: u64,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        state: PathBuf::from(".local"),
-        stock: 1_000,
-        buyers: 10_000,
-        concurrency: 64,
-        replay_every: 10,
-        timeout: Duration::from_secs(300),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--state" => a.state = value()?.into(),
-            "--stock" => a.stock = value()?.parse().context("--stock")?,
-            "--buyers" => a.buyers = value()?.parse().context("--buyers")?,
-            "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
-            "--replay-every" => a.replay_every = value()?.parse().context("--replay-every")?,
-            "--timeout-s" => a.timeout = Duration::from_secs(value()?.parse().context("--timeout-s")?),
-            other => bail!(
-                "unknown argument {other}; usage: flash-demo [--state DIR] [--stock N] [--buyers N] \
-                 [--concurrency N] [--replay-every N] [--timeout-s N]"
-            ),
-        }
+/// A number above zero: a sale of nothing, or with nobody, proves nothing.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        Ok(_) => Err("must be above zero".into()),
+        Err(_) => Err(format!("{s:?} is not a number")),
     }
-    if a.stock == 0 || a.buyers == 0 || a.concurrency == 0 || a.replay_every == 0 {
-        bail!("--stock, --buyers, --concurrency and --replay-every must be positive");
-    }
-    Ok(a)
 }
 
 /// What happened to one buyer at the API.
@@ -84,7 +79,7 @@ struct Progress {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     for (k, v) in local_gateway::config::read_stack_env(&args.state)? {
         // Set before any client exists; the SDK reads the local endpoints from here.
         unsafe { std::env::set_var(k, v) };
@@ -200,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|(i, b)| b.order_id.clone().map(|id| (i, id)))
         .collect();
     let mut decisions: Vec<(String, Option<String>, i64, i64)> = Vec::new(); // status, reason, created, updated
-    let deadline = Instant::now() + args.timeout;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     while !undecided.is_empty() && Instant::now() < deadline {
         let gate = Arc::new(Semaphore::new(args.concurrency));
         let polls: Vec<_> = undecided
@@ -241,7 +236,6 @@ async fn main() -> anyhow::Result<()> {
     }
     progress.done.store(true, Relaxed);
     sampler.await?;
-    eprintln!();
 
     let after = write_counts(&api, &admin).await?;
     let sdk = flash_aws::config::sdk_config().await;
@@ -296,6 +290,14 @@ async fn main() -> anyhow::Result<()> {
         write_units: after.write_units - before.write_units,
         stock_item_writes: after.stock_item_writes - before.stock_item_writes,
     };
+    let mut api_latency = Latencies::default();
+    for ms in buyers.iter().flat_map(|b| &b.latencies_ms) {
+        api_latency.record_ms(*ms);
+    }
+    let mut decision_latency = Latencies::default();
+    for d in &decisions {
+        decision_latency.record_ms((d.3 - d.2) as f64);
+    }
     let report = Report {
         sku: sku.clone(),
         stock: args.stock,
@@ -323,15 +325,8 @@ async fn main() -> anyhow::Result<()> {
             (decisions.len() + buyers.iter().filter(|b| b.refused.is_some()).count()) as f64
                 / duration_s,
         ),
-        api_latency_ms: Percentiles::of(
-            buyers
-                .iter()
-                .flat_map(|b| b.latencies_ms.iter().copied())
-                .collect(),
-        ),
-        decision_latency_ms: Percentiles::of(
-            decisions.iter().map(|d| (d.3 - d.2) as f64).collect(),
-        ),
+        api_latency_ms: api_latency.percentiles(),
+        decision_latency_ms: decision_latency.percentiles(),
         ddb_write_requests: writes.write_requests,
         ddb_write_units: round(writes.write_units),
         stock_item_writes: writes.stock_item_writes,
@@ -360,13 +355,16 @@ async fn main() -> anyhow::Result<()> {
     let svg_path = stem.with_extension("svg");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
     let samples = stock_samples.lock().expect("sampler finished").clone();
+    let title = format!("{sku}: {} buyers for {} units", args.buyers, args.stock);
     std::fs::write(
         &svg_path,
-        report::svg(
-            &decided_points,
-            &samples,
-            &format!("{sku}: {} buyers for {} units", args.buyers, args.stock),
-        ),
+        chart::svg(&chart::Sale {
+            title: &title,
+            decided: &decided_points,
+            stock: &samples,
+            sellout_s: report.sellout_s,
+            decision_latency: &decision_latency,
+        })?,
     )?;
 
     println!("\nFlash sale {sku}\n{}", report.table());
@@ -443,7 +441,9 @@ async fn write_counts(api: &Api, token: &str) -> anyhow::Result<WriteCounts> {
     Ok(serde_json::from_value(a.body)?)
 }
 
-/// Samples the stock every 200 ms for the chart and draws the progress bar.
+/// Samples the stock every 200 ms for the chart and shows the sale's progress: two bars on
+/// a terminal; on anything else (a CI log), where indicatif draws nothing, a plain line every
+/// 5 s instead of bars redrawn with `\r`.
 async fn sample(
     api: Api,
     token: String,
@@ -453,6 +453,18 @@ async fn sample(
     samples: Arc<Mutex<Vec<(f64, f64)>>>,
     started: Instant,
 ) {
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("  {prefix:>7} [{bar:30}] {pos:>6}/{len}  {msg}")
+        .expect("the template is valid")
+        .progress_chars("#>.");
+    let bar = |name: &str| {
+        let b = bars.add(ProgressBar::new(buyers as u64));
+        b.set_style(style.clone());
+        b.set_prefix(name.to_owned());
+        b
+    };
+    let (placed_bar, decided_bar) = (bar("placed"), bar("decided"));
+    let mut last_line = Instant::now();
     loop {
         let done = progress.done.load(Relaxed);
         if let Ok(a) = api
@@ -467,25 +479,95 @@ async fn sample(
                     .push((started.elapsed().as_secs_f64(), avail as f64));
             }
         }
-        let (placed, decided) = (
+        let (placed, decided, available) = (
             progress.placed.load(Relaxed),
             progress.decided.load(Relaxed),
-        );
-        let width = 30;
-        let bar = |n: usize| {
-            "#".repeat(n * width / buyers.max(1)) + &".".repeat(width - n * width / buyers.max(1))
-        };
-        eprint!(
-            "\r  placed [{}] {placed:>6}/{buyers}  decided [{}] {decided:>6}  stock left {:>6}  {:>5.1}s ",
-            bar(placed),
-            bar(decided.min(buyers)),
             progress.available.load(Relaxed),
-            started.elapsed().as_secs_f64()
         );
-        let _ = std::io::stderr().flush();
+        let elapsed = started.elapsed().as_secs_f64();
+        placed_bar.set_position(placed as u64);
+        placed_bar.set_message(format!("{elapsed:.1} s"));
+        decided_bar.set_position(decided.min(buyers) as u64);
+        decided_bar.set_message(format!("stock left {available}"));
+        if placed_bar.is_hidden() && (done || last_line.elapsed() >= Duration::from_secs(5)) {
+            last_line = Instant::now();
+            eprintln!(
+                "  {elapsed:>5.1} s: placed {placed}/{buyers}, decided {decided}, stock left {available}"
+            );
+        }
         if done {
+            placed_bar.finish();
+            decided_bar.finish();
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("flash-demo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let a = parse(&[]).expect("defaults parse");
+        assert_eq!(a.state, PathBuf::from(".local"));
+        assert_eq!(
+            (
+                a.stock,
+                a.buyers,
+                a.concurrency,
+                a.replay_every,
+                a.timeout_s
+            ),
+            (1_000, 10_000, 64, 10, 300)
+        );
+    }
+
+    #[test]
+    fn the_makefile_flags_set_their_knobs() {
+        let a = parse(&[
+            "--state",
+            "s",
+            "--stock",
+            "200",
+            "--buyers",
+            "2000",
+            "--concurrency",
+            "8",
+            "--replay-every",
+            "3",
+            "--timeout-s",
+            "9",
+        ])
+        .expect("parses");
+        assert_eq!(a.state, PathBuf::from("s"));
+        assert_eq!(
+            (
+                a.stock,
+                a.buyers,
+                a.concurrency,
+                a.replay_every,
+                a.timeout_s
+            ),
+            (200, 2_000, 8, 3, 9)
+        );
+    }
+
+    #[test]
+    fn a_zero_or_unknown_knob_is_a_usage_error() {
+        for bad in [
+            &["--stock", "0"][..],
+            &["--buyers", "many"],
+            &["--concurrency", "-1"],
+            &["--shards", "4"],
+        ] {
+            let e = parse(bad).expect_err("refused");
+            assert!(e.use_stderr() && e.exit_code() == 2, "{bad:?}: {e}");
+        }
     }
 }

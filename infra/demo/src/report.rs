@@ -1,30 +1,87 @@
-//! The demo's report: the table printed at the end, the JSON of the API contract, and an SVG
-//! chart of orders decided and stock remaining over time.
+//! The demo's report: the latency percentiles, the table printed at the end and the JSON of
+//! the API contract.
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-#[derive(Debug, Clone, Copy, Serialize, Default)]
+/// Latencies, kept in microseconds to 3 significant digits (HdrHistogram: constant memory,
+/// at most 0.1% off) and reported in milliseconds. Up to an hour; longer ones count as an hour.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("bounds and 3 significant digits are within HdrHistogram's limits"),
+        )
+    }
+}
+
+impl Latencies {
+    pub fn record_ms(&mut self, ms: f64) {
+        self.0
+            .saturating_record((ms.max(0.0) * 1000.0).round() as u64);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The latency that `q` of the samples do not exceed (nearest rank); 0 when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        Self::ms(self.0.median_equivalent(self.0.value_at_quantile(q)))
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        Self::ms(self.0.median_equivalent(self.0.max()))
+    }
+
+    /// A value read back from the histogram (the middle of its bucket: 974 ms reads as
+    /// 974.08), rounded to the 3 significant digits it keeps, so it says no more than it knows.
+    fn ms(us: u64) -> f64 {
+        let ms = us as f64 / 1000.0;
+        if ms <= 0.0 {
+            return 0.0;
+        }
+        let unit = 10f64.powf(ms.log10().floor() - 2.0);
+        round((ms / unit).round() * unit)
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles {
+            p50: self.quantile_ms(0.50),
+            p99: self.quantile_ms(0.99),
+            max: self.max_ms(),
+        }
+    }
+
+    /// Sample counts in bins of `width_ms`, from 0 to the largest sample: `(bin start, count)`.
+    pub fn bins(&self, width_ms: f64) -> Vec<(f64, u64)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let step = ((width_ms * 1000.0).round() as u64).max(1);
+        let mut out = Vec::new();
+        let mut start = 0.0;
+        for v in self.0.iter_linear(step) {
+            out.push((start, v.count_since_last_iteration()));
+            start += width_ms;
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
-}
-
-impl Percentiles {
-    pub fn of(mut v: Vec<f64>) -> Self {
-        if v.is_empty() {
-            return Self::default();
-        }
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Self {
-            p50: round(at(0.50)),
-            p99: round(at(0.99)),
-            max: round(at(1.0)),
-        }
-    }
 }
 
 pub fn round(x: f64) -> f64 {
@@ -128,7 +185,7 @@ impl Report {
             format!("{} / {}", self.api_latency_ms.p50, self.api_latency_ms.p99),
         );
         row(
-            "time to decision p50 / p99 / max (ms)",
+            "time to decision p50/p99/max (ms)",
             format!(
                 "{} / {} / {}",
                 self.decision_latency_ms.p50,
@@ -161,67 +218,67 @@ impl Report {
     }
 }
 
-/// Two lines over time: orders decided (cumulative) and stock remaining, each on its own
-/// scale (left and right axes).
-pub fn svg(decided: &[(f64, f64)], stock: &[(f64, f64)], title: &str) -> String {
-    let (w, h, pad) = (800.0, 400.0, 60.0);
-    let t_max = decided
-        .iter()
-        .chain(stock)
-        .map(|p| p.0)
-        .fold(0.1_f64, f64::max);
-    let d_max = decided.iter().map(|p| p.1).fold(1.0_f64, f64::max);
-    let s_max = stock.iter().map(|p| p.1).fold(1.0_f64, f64::max);
-    let x = |t: f64| pad + t / t_max * (w - 2.0 * pad);
-    let y = |v: f64, max: f64| h - pad - v / max * (h - 2.0 * pad);
-    let line = |pts: &[(f64, f64)], max: f64| {
-        pts.iter()
-            .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v, max)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{cx}" y="24" text-anchor="middle" font-size="15">{title}</text>
-<line x1="{pad}" y1="{yb}" x2="{xr}" y2="{yb}" stroke="black"/>
-<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{yb}" stroke="#1f77b4"/>
-<line x1="{xr}" y1="{pad}" x2="{xr}" y2="{yb}" stroke="#d62728"/>
-<text x="{cx}" y="{xl}" text-anchor="middle">seconds since the sale opened (0 to {t_max:.1})</text>
-<text x="{pad}" y="{yt}" fill="#1f77b4">orders decided (max {d_max:.0})</text>
-<text x="{xr}" y="{yt}" fill="#d62728" text-anchor="end">stock remaining (max {s_max:.0})</text>
-<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{dl}"/>
-<polyline fill="none" stroke="#d62728" stroke-width="2" points="{sl}"/>
-</svg>
-"##,
-        cx = w / 2.0,
-        yb = h - pad,
-        xr = w - pad,
-        xl = h - pad + 35.0,
-        yt = pad - 10.0,
-        dl = line(decided, d_max),
-        sl = line(stock, s_max),
-    );
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn percentiles_pick_the_median_and_the_tail() {
-        let p = Percentiles::of((1..=100).map(f64::from).collect());
-        assert_eq!((p.p50, p.p99), (51.0, 99.0));
-        assert_eq!(Percentiles::of(vec![]).p99, 0.0);
+    fn of(ms: impl IntoIterator<Item = f64>) -> Latencies {
+        let mut l = Latencies::default();
+        ms.into_iter().for_each(|m| l.record_ms(m));
+        l
+    }
+
+    fn tail(l: &Latencies) -> [f64; 3] {
+        let p = l.percentiles();
+        [p.p50, p.p99, p.max]
     }
 
     #[test]
-    fn the_chart_draws_both_series_inside_the_frame() {
-        let s = svg(&[(0.0, 0.0), (1.0, 10.0)], &[(0.0, 5.0), (1.0, 0.0)], "t");
-        assert_eq!(s.matches("<polyline").count(), 2);
-        assert!(s.contains("60.0,340.0") && s.contains("740.0,60.0"));
+    fn percentiles_of_one_to_a_hundred_ms_are_the_nearest_ranks() {
+        let l = of((1..=100).map(f64::from));
+        assert_eq!(tail(&l), [50.0, 99.0, 100.0]);
+        assert_eq!(
+            l.percentiles(),
+            Percentiles {
+                p50: 50.0,
+                p99: 99.0,
+                max: 100.0
+            }
+        );
+    }
+
+    #[test]
+    fn one_slow_sample_in_a_hundred_sets_the_max_but_not_the_p99() {
+        let l = of((0..99).map(|_| 20.0).chain([4_000.0]));
+        assert_eq!(tail(&l), [20.0, 20.0, 4_000.0]);
+    }
+
+    #[test]
+    fn two_slow_samples_in_a_hundred_set_the_p99() {
+        let l = of((0..98).map(|_| 20.0).chain([3_000.0, 4_000.0]));
+        assert_eq!(tail(&l), [20.0, 3_000.0, 4_000.0]);
+    }
+
+    #[test]
+    fn values_keep_three_significant_digits() {
+        let l = of([974.0, 1802.0, 40.13, 0.5]);
+        assert_eq!(tail(&l), [40.1, 1_800.0, 1_800.0]);
+        assert_eq!(l.quantile_ms(0.75), 974.0);
+        assert_eq!(l.quantile_ms(0.0), 0.5);
+    }
+
+    #[test]
+    fn no_samples_report_zeros() {
+        assert_eq!(Latencies::default().percentiles(), Percentiles::default());
+        assert!(Latencies::default().bins(10.0).is_empty());
+    }
+
+    #[test]
+    fn bins_count_every_sample_once() {
+        let l = of([1.0, 2.0, 15.0, 29.0, 31.0]);
+        let bins = l.bins(10.0);
+        assert_eq!(bins.iter().map(|b| b.1).sum::<u64>(), 5);
+        assert_eq!(bins[0], (0.0, 2));
+        assert_eq!(bins[1].1, 1);
     }
 }

@@ -202,7 +202,8 @@ impl DynamoStore {
         let started = tokio::time::Instant::now();
         let mut conflicts = 0;
         loop {
-            if let Some(created) = attempt().await? {
+            // Boxed: the two writes are large futures, and callers nest this one deep.
+            if let Some(created) = Box::pin(attempt()).await? {
                 return Ok(created);
             }
             if let Some(stored) = self.get_order(&order.id).await? {
