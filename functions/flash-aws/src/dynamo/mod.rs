@@ -257,12 +257,12 @@ impl Store for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capacity::{canceled_body, json_error_response};
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     use aws_smithy_runtime_api::client::http::{
         http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
     };
-    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+    use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+    use aws_smithy_types::body::SdkBody;
     use flash_domain::{OrderStatus, Quantity};
 
     /// Answers every request with a `TransactionCanceledException` that lists no reasons.
@@ -271,8 +271,21 @@ mod tests {
 
     impl HttpConnector for CanceledWithoutReasons {
         fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
-            let body = canceled_body(&[], "TransactionConflict");
-            HttpConnectorFuture::ready(Ok(json_error_response(400, &body, "no-reasons")))
+            let body = serde_json::json!({
+                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons []",
+                "CancellationReasons": [],
+            })
+            .to_string();
+            let mut response = HttpResponse::new(
+                400.try_into().expect("a valid status"),
+                SdkBody::from(body.clone()),
+            );
+            let headers = response.headers_mut();
+            headers.insert("content-type", "application/x-amz-json-1.0");
+            headers.insert("content-length", body.len().to_string());
+            headers.insert("x-amzn-requestid", "no-reasons");
+            HttpConnectorFuture::ready(Ok(response))
         }
     }
 
