@@ -6,6 +6,7 @@
 
 use crate::fixtures::sqs_event;
 use aws_lambda_events::event::sqs::SqsEvent;
+use flash_aws::dynamo::keys;
 use flash_domain::clock::Millis;
 use flash_domain::order::Transition;
 use flash_domain::ports::{
@@ -317,8 +318,8 @@ impl Store for FakeStore {
         stock: &[(u32, u64)],
     ) -> PortResult<bool> {
         let mut st = self.enter("add_stock")?;
-        let keys: Vec<String> = std::iter::once("META".to_owned())
-            .chain(stock.iter().map(|(s, _)| format!("SHARD#{s:03}")))
+        let keys: Vec<String> = std::iter::once(keys::META.to_owned())
+            .chain(stock.iter().map(|(s, _)| keys::shard_sk(*s)))
             .collect();
         check_transaction("add_stock", &keys)?;
         let sku = &product.sku;
@@ -444,9 +445,9 @@ impl Store for FakeStore {
         let keys: Vec<String> = c
             .takes
             .iter()
-            .map(|t| format!("SHARD#{:03}", t.shard))
-            .chain(c.accepted.iter().map(|a| format!("ORDER#{}", a.order_id)))
-            .chain(counters.iter().map(|(u, _)| format!("BUYER#{u}")))
+            .map(|t| keys::shard_sk(t.shard))
+            .chain(c.accepted.iter().map(|a| keys::order_pk(&a.order_id)))
+            .chain(counters.iter().map(|(u, _)| keys::buyer_sk(u)))
             .collect();
         check_transaction("commit", &keys)?;
 
@@ -541,13 +542,13 @@ impl Store for FakeStore {
         let admitted = st.admitted_orders.contains(&order.id);
         if t.restores_stock {
             // The product item is written after the transaction, not in it.
-            let mut keys = vec![format!("ORDER#{}", order.id)];
-            keys.extend(order.takes.iter().map(|t| format!("SHARD#{:03}", t.shard)));
+            let mut keys = vec![keys::order_pk(&order.id)];
+            keys.extend(order.takes.iter().map(|t| keys::shard_sk(t.shard)));
             if order.counted {
-                keys.push(format!("BUYER#{}", order.owner));
+                keys.push(keys::buyer_sk(&order.owner));
             }
             if admitted {
-                keys.push(format!("ADMIT#{}", order.owner));
+                keys.push(keys::admit_sk(&order.owner));
             }
             check_transaction("advance", &keys)?;
         }

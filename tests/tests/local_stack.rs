@@ -2,7 +2,7 @@
 //! through the same handler code the Lambdas run. Every scenario ends with the invariant
 //! checker reading the table.
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use flash_aws::dynamo::WriteCounts;
 use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::{OrderStatus, Reason};
 use flash_tests::audit::{audit, AuditAssertions};
@@ -29,7 +29,8 @@ struct Sale {
 impl Sale {
     /// GIVEN a product with `spec` (name and stock set here) and a queue of its own.
     async fn open(prefix: &str, spec: Value) -> Sale {
-        let store = stack::store().await;
+        // Its writes are counted, as the local stack counts the functions' writes.
+        let store = stack::store().await.with_write_stats();
         let sku = unique_sku(prefix);
         let products = products::Products {
             store: store.clone(),
@@ -49,6 +50,14 @@ impl Sale {
             sqs: stack::sqs().await,
             url,
         }
+    }
+
+    /// The writes the sale's store has sent so far.
+    fn writes(&self) -> WriteCounts {
+        self.store
+            .stats()
+            .expect("a sale's store counts its writes")
+            .snapshot()
     }
 
     /// `buyers` distinct buyers order `quantity(i)` units at once, at most `concurrency` in
@@ -222,7 +231,7 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     a.assert_invariants()
         .assert_all_decided()
         .assert_nothing_stranded();
-    let writes = sale.store.stats().snapshot();
+    let writes = sale.writes();
     println!(
         "1000 buyers / 100 units: accepted {} ({} units), rejected sold_out {}, available {}, \
          orders {}, {} batches, {} stock transactions, {} write requests, {} write units, \
@@ -252,8 +261,7 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
             .client()
             .get_item()
             .table_name(sale.store.table())
-            .key("pk", AttributeValue::S(format!("ORDER#{}", order.id)))
-            .key("sk", AttributeValue::S("ORDER".into()))
+            .set_key(Some(flash_aws::dynamo::order_key(&order.id)))
             .send()
             .await
             .expect("GetItem")
@@ -439,7 +447,7 @@ async fn one_buyer_sending_fifty_orders_at_once_with_a_limit_of_two_buys_exactly
         json!({"name": "Sneaker", "stock": 100, "per_user_limit": 2}),
     )
     .await;
-    let before = sale.store.stats().snapshot();
+    let before = sale.writes();
     // WHEN one buyer sends 50 orders of one unit at once, each with its own key
     let reqs = (0..50)
         .map(|i| {
@@ -454,7 +462,7 @@ async fn one_buyer_sending_fifty_orders_at_once_with_a_limit_of_two_buys_exactly
     // THEN exactly 2 are admitted and the other 48 are refused 409 purchase_limit
     assert_eq!(count_admitted(&resps), 2);
     // AND the 48 cost one refused transaction each, and nothing is stored or enqueued for them
-    let writes = sale.store.stats().snapshot();
+    let writes = sale.writes();
     assert_eq!(writes.write_requests - before.write_requests, 50);
     let stats = sale.drain(2).await;
     assert_eq!(stats.messages, 2);
@@ -710,12 +718,6 @@ async fn the_invariant_checker_catches_a_lost_unit_and_a_broken_order() {
     let ids = sale.rush(2, 2, |_| 1).await;
     sale.drain(1).await;
     audit(&sale.store, &sale.sku).await.assert_invariants();
-    let key = |pk: String, sk: &str| {
-        std::collections::HashMap::from([
-            ("pk".to_owned(), AttributeValue::S(pk)),
-            ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
-        ])
-    };
     // WHEN a unit disappears from the shard behind the pipeline's back
     sale.store
         .client()
@@ -735,7 +737,9 @@ async fn the_invariant_checker_catches_a_lost_unit_and_a_broken_order() {
         .client()
         .update_item()
         .table_name(sale.store.table())
-        .set_key(Some(key(format!("ORDER#{}", ids[0]), "ORDER")))
+        .set_key(Some(flash_aws::dynamo::order_key(
+            &flash_domain::OrderId::parse(&ids[0]).expect("order id"),
+        )))
         .update_expression("SET takes = :none")
         .expression_attribute_values(":none", AttributeValue::S(String::new()))
         .send()
@@ -764,7 +768,7 @@ async fn once_sold_out_a_storm_of_buyers_costs_no_writes_until_a_cancel_returns_
     assert_eq!(audit(&sale.store, &sale.sku).await.available, 0);
     // WHEN 300 more buyers arrive (after the cached product expires)
     tokio::time::sleep(place_order::PRODUCT_TTL).await;
-    let before = sale.store.stats().snapshot();
+    let before = sale.writes();
     let late: Vec<_> = (0..300)
         .map(|i| {
             let place = sale.place.clone();
@@ -782,10 +786,7 @@ async fn once_sold_out_a_storm_of_buyers_costs_no_writes_until_a_cancel_returns_
         assert_eq!(resp.status(), 409);
         assert_eq!(body(&resp)["error"]["code"], "sold_out");
     }
-    assert_eq!(
-        sale.store.stats().snapshot().write_requests,
-        before.write_requests
-    );
+    assert_eq!(sale.writes().write_requests, before.write_requests);
     assert!(receive_batch(&sale.sqs, &sale.url, 10).await.is_empty());
     // AND a replay of an early order still answers that order
     let replay = sale

@@ -3,7 +3,10 @@
 //! states, purchase counters and admission counts). Read-only; the tests end every scenario with it and the demo
 //! refuses to report success without it.
 
-use crate::dynamo::{decode_order, decode_product, product_of, product_pk, DynamoStore};
+use crate::dynamo::keys::{
+    self, admitted_of, buyer_of, is_shard, order_of, product_of, product_pk, META, ORDER_PREFIX,
+};
+use crate::dynamo::{decode_order, decode_product, DynamoStore};
 use aws_sdk_dynamodb::types::AttributeValue;
 use flash_domain::ports::{PortError, PortResult};
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
@@ -101,7 +104,7 @@ pub async fn audit(store: &DynamoStore, sku: &Sku) -> PortResult<Audit> {
             )
             .expression_attribute_values(":meta", AttributeValue::S(meta_pk.clone()))
             .expression_attribute_values(":items", AttributeValue::S(format!("{meta_pk}#")))
-            .expression_attribute_values(":o", AttributeValue::S("ORDER#".into()))
+            .expression_attribute_values(":o", AttributeValue::S(ORDER_PREFIX.into()))
             .expression_attribute_values(":sku", AttributeValue::S(sku.to_string()))
             .consistent_read(true)
             .set_exclusive_start_key(start)
@@ -143,7 +146,7 @@ pub struct Admissions {
 impl Admissions {
     fn add_product_item(&mut self, item: &Item) {
         let sk = item.get("sk").and_then(|s| s.as_s().ok());
-        if let Some(user) = sk.and_then(|sk| sk.strip_prefix("ADMIT#")) {
+        if let Some(user) = sk.and_then(|sk| admitted_of(sk)) {
             self.counts
                 .insert(user.to_owned(), n(item, "admitted").unwrap_or(i64::MIN));
         }
@@ -154,7 +157,7 @@ impl Admissions {
         let id = item
             .get("pk")
             .and_then(|v| v.as_s().ok())
-            .and_then(|pk| pk.strip_prefix("ORDER#"))
+            .and_then(|pk| order_of(pk))
             .and_then(|id| OrderId::parse(id).ok());
         if let (true, Some(id)) = (admitted, id) {
             self.orders.insert(id);
@@ -208,7 +211,7 @@ fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item)
         .and_then(|s| s.as_s().ok())
         .cloned()
         .unwrap_or_default();
-    if sk == "META" {
+    if sk == META {
         match decode_product(item) {
             Ok(p) => {
                 h.stock_added = p.stock_added;
@@ -216,9 +219,9 @@ fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item)
             }
             Err(e) => unreadable.push(format!("product item unreadable: {e}")),
         }
-    } else if sk.starts_with("SHARD#") {
+    } else if is_shard(&sk) {
         h.shards.push(n(item, "available").unwrap_or(i64::MIN));
-    } else if let Some(user) = sk.strip_prefix("BUYER#") {
+    } else if let Some(user) = buyer_of(&sk) {
         h.counters
             .insert(user.to_owned(), n(item, "units").unwrap_or(i64::MIN));
     }
@@ -227,7 +230,7 @@ fn add_product_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item)
 fn is_order(item: &Item) -> bool {
     item.get("pk")
         .and_then(|v| v.as_s().ok())
-        .is_some_and(|pk| pk.starts_with("ORDER#"))
+        .is_some_and(|pk| keys::is_order(pk))
 }
 
 fn add_order_item(h: &mut Holdings, unreadable: &mut Vec<String>, item: &Item) {
@@ -387,7 +390,7 @@ pub async fn audit_all(store: &DynamoStore) -> PortResult<Vec<Audit>> {
             if let Some(sku) = pk.and_then(|pk| product_of(pk)) {
                 let (h, v) = found.entry(sku.to_owned()).or_default();
                 add_product_item(h, v, &item);
-            } else if pk.is_some_and(|pk| pk.starts_with("ORDER#")) {
+            } else if pk.is_some_and(|pk| keys::is_order(pk)) {
                 let sku = item
                     .get("sku")
                     .and_then(|v| v.as_s().ok())

@@ -123,7 +123,14 @@ pub async fn run(
     );
     // No rate limit: each buyer orders once, so it would only add a write per order that the
     // other designs do not pay (see the README for what it costs when on).
-    let store = DynamoStore::new(client, &stack.table).with_rate_limit(None);
+    // Write stats on: the report gives the pipeline's write requests and units.
+    let store = DynamoStore::new(client, &stack.table)
+        .with_rate_limit(None)
+        .with_write_stats();
+    let write_stats = store
+        .stats()
+        .cloned()
+        .context("the bench store counts its writes")?;
     let plain_store = DynamoStore::from_config(&stack.sdk, &stack.table);
     let queue = SqsQueue::from_config(&stack.sdk, &stack.queue_url);
     let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
@@ -224,7 +231,7 @@ pub async fn run(
     });
 
     let before = model.stats();
-    let writes_before = store.stats().snapshot();
+    let writes_before = write_stats.snapshot();
     let cpu_before = CpuTimes::read(&stack.state);
     let run = Run::start();
     let done = Arc::new(AtomicBool::new(false));
@@ -248,7 +255,7 @@ pub async fn run(
     let cpu = CpuTimes::read(&stack.state).cores_since(&cpu_before, run.elapsed());
     let _ = watcher.await;
     let after = model.stats();
-    let writes = store.stats().snapshot();
+    let writes = write_stats.snapshot();
     let _ = stop.send(true);
     for p in pollers {
         let _ = tokio::time::timeout(Duration::from_secs(LONG_POLL_S as u64 + 5), p).await;

@@ -183,7 +183,8 @@ async fn run(
         }
         None => sdk.clone(),
     };
-    let store = DynamoStore::from_config(&dynamo_sdk, &app.table_name);
+    // `/_local/writes` reports what the functions wrote, as the bench and the demo read it.
+    let store = DynamoStore::from_config(&dynamo_sdk, &app.table_name).with_write_stats();
     let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
     let timeouts = SqsTimeouts::from_config(&sdk, flash_aws::config::payment_timeouts_queue_url()?);
 
@@ -201,7 +202,7 @@ async fn run(
         &config,
         functions,
         verifiers,
-        Some(store.stats().clone()),
+        store.stats().cloned(),
     )?);
 
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own.
