@@ -4,7 +4,6 @@
 
 pub mod audit;
 pub mod breaker;
-pub mod capacity;
 pub mod config;
 pub mod dynamo;
 pub mod errors;
@@ -12,6 +11,11 @@ pub mod http;
 pub mod sqs;
 pub mod telemetry;
 pub mod timeouts;
+
+// The synthetic DynamoDB answers `dynamo`'s tests reuse; the simulation is a dev-dependency
+// only, so no function links it.
+#[cfg(test)]
+use aws_sim::answers as capacity;
 
 pub use config::Config;
 pub use dynamo::DynamoStore;

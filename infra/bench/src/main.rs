@@ -25,7 +25,7 @@ mod sale;
 mod version_lock;
 
 use anyhow::{bail, Context};
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use report::Results;
 use sale::Sale;
 use std::path::PathBuf;
