@@ -1,5 +1,5 @@
-//! SDK faults for the emulator scenarios: an HTTP client wrapper (the pattern of
-//! `flash_aws::capacity`, whose synthetic DynamoDB answers it shares) that answers chosen
+//! SDK faults for the emulator scenarios: a judge for `aws_sim`'s wrapping HTTP client (the
+//! one the capacity model uses, whose synthetic DynamoDB answers it shares) that answers chosen
 //! requests to DynamoDB Local and fauxqs with what the real services send when they shed load
 //! or fail, so the SDK parses, classifies and retries them as it would on AWS:
 //!
@@ -13,20 +13,14 @@
 //!
 //! Which requests are hit is a list of [`Rule`]s decided by the scenario's seed.
 
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_runtime_api::client::result::ConnectorError;
-use aws_smithy_runtime_api::client::runtime_components::{
-    RuntimeComponents, RuntimeComponentsBuilder,
-};
-use aws_smithy_types::config_bag::ConfigBag;
-use flash_aws::capacity::{
+use aws_sim::answers::{
     canceled_body, dynamodb_operation, error_body, json_error_response, CONFLICT_MESSAGE,
     TARGET_HEADER, THROTTLE_MESSAGE,
 };
+use aws_sim::{judged_client, Judge, Verdict};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,10 +108,7 @@ impl SdkFaults {
 
     /// `inner` with the injector in front of it, for the SDK's `http_client` setter.
     pub fn http_client(&self, inner: SharedHttpClient) -> SharedHttpClient {
-        SharedHttpClient::new(FaultClient {
-            faults: self.clone(),
-            inner,
-        })
+        judged_client(self.clone(), inner)
     }
 
     /// The fault for the next request of `op`, if a rule hits it.
@@ -139,9 +130,9 @@ impl SdkFaults {
         Some(fault)
     }
 
-    fn answer(&self, status: u16, body: &Value) -> HttpConnectorFuture {
+    fn answer(&self, status: u16, body: &Value) -> Verdict {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        HttpConnectorFuture::ready(Ok(json_error_response(
+        Verdict::Answer(Box::new(json_error_response(
             status,
             body,
             &format!("FAULTINJECTOR{id:020}"),
@@ -174,98 +165,47 @@ fn transaction_items(request: &HttpRequest) -> usize {
         .unwrap_or(1)
 }
 
-#[derive(Debug)]
-struct FaultClient {
-    faults: SdkFaults,
-    inner: SharedHttpClient,
-}
-
-impl HttpClient for FaultClient {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(FaultConnector {
-            faults: self.faults.clone(),
-            inner: self.inner.http_connector(settings, components),
-        })
-    }
-
-    fn validate_base_client_config(
-        &self,
-        runtime_components: &RuntimeComponentsBuilder,
-        cfg: &ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        self.inner
-            .validate_base_client_config(runtime_components, cfg)
-    }
-
-    fn validate_final_config(
-        &self,
-        runtime_components: &RuntimeComponents,
-        cfg: &ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        self.inner.validate_final_config(runtime_components, cfg)
-    }
-}
-
-#[derive(Debug)]
-struct FaultConnector {
-    faults: SdkFaults,
-    inner: SharedHttpConnector,
-}
-
-impl HttpConnector for FaultConnector {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let Some(op) = operation(&request).map(str::to_owned) else {
-            return self.inner.call(request);
+impl Judge for SdkFaults {
+    fn judge(&self, request: &HttpRequest) -> Verdict {
+        let Some(op) = operation(request).map(str::to_owned) else {
+            return Verdict::Forward;
         };
-        let Some(fault) = self.faults.choose(&op) else {
-            return self.inner.call(request);
+        let Some(fault) = self.choose(&op) else {
+            return Verdict::Forward;
         };
-        let sqs = dynamodb_operation(&request).is_none();
+        let sqs = dynamodb_operation(request).is_none();
         let transaction = op == "TransactWriteItems";
         match fault {
             SdkFault::Throttle if transaction => {
-                let flagged = vec![true; transaction_items(&request)];
-                self.faults
-                    .answer(400, &canceled_body(&flagged, "ThrottlingError"))
+                let flagged = vec![true; transaction_items(request)];
+                self.answer(400, &canceled_body(&flagged, "ThrottlingError"))
             }
-            SdkFault::Throttle => self
-                .faults
-                .answer(400, &error_body("ThrottlingException", THROTTLE_MESSAGE)),
+            SdkFault::Throttle => {
+                self.answer(400, &error_body("ThrottlingException", THROTTLE_MESSAGE))
+            }
             SdkFault::Conflict if transaction => {
                 // DynamoDB names the items another transaction holds; one is enough.
-                let mut flagged = vec![false; transaction_items(&request)];
+                let mut flagged = vec![false; transaction_items(request)];
                 flagged[0] = true;
-                self.faults
-                    .answer(400, &canceled_body(&flagged, "TransactionConflict"))
+                self.answer(400, &canceled_body(&flagged, "TransactionConflict"))
             }
-            SdkFault::Conflict => self.faults.answer(
+            SdkFault::Conflict => self.answer(
                 400,
                 &error_body("TransactionConflictException", CONFLICT_MESSAGE),
             ),
-            SdkFault::Http500 if sqs => self.faults.answer(
+            SdkFault::Http500 if sqs => self.answer(
                 500,
                 &json!({ "__type": "com.amazonaws.sqs#InternalFailure",
                          "message": "We encountered an internal error. Please try again." }),
             ),
-            SdkFault::Http500 => self.faults.answer(
+            SdkFault::Http500 => self.answer(
                 500,
                 &error_body("InternalServerError", "Internal server error"),
             ),
-            SdkFault::TimeoutAfterCommit => {
-                let sent = self.inner.call(request);
-                HttpConnectorFuture::new(async move {
-                    // The server applies the request and answers; the answer is lost.
-                    let answer: Result<HttpResponse, ConnectorError> = sent.await;
-                    drop(answer);
-                    Err(ConnectorError::timeout(
-                        "injected: the response was dropped after the server committed".into(),
-                    ))
-                })
-            }
+            // The server applies the request and answers; the answer is lost.
+            SdkFault::TimeoutAfterCommit => Verdict::ForwardThenFail(ConnectorError::timeout(
+                "injected: the response was dropped after the server committed".into(),
+            )),
         }
     }
 }

@@ -61,7 +61,7 @@ pub async fn faulty_sdk(faults: &crate::sdk_faults::SdkFaults) -> aws_config::Sd
     sdk()
         .await
         .into_builder()
-        .http_client(faults.http_client(flash_aws::capacity::default_https_client()))
+        .http_client(faults.http_client(aws_sim::judge::default_https_client()))
         .retry_config(
             RetryConfig::standard()
                 .with_max_attempts(3)

@@ -5,8 +5,8 @@
 //! buyers, `expire-orders` for the timeouts.
 
 use advance_order::AdvanceOrder;
+use aws_sim::CapacityModel;
 use expire_orders::ExpireOrders;
-use flash_aws::capacity::CapacityModel;
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use flash_domain::ports::Store;
 use flash_domain::{OrderId, OrderStatus, Reason, Sku};
@@ -71,7 +71,7 @@ async fn five_hundred_returns_on_one_sold_out_product_all_succeed_without_a_503(
     // their payment window, 10 refused, the product flagged sold out
     stack::vars();
     let model = CapacityModel::new(1000.0, SCALE);
-    let sdk = flash_aws::config::sdk_config_with_capacity(&model).await;
+    let sdk = aws_sim::sdk_config_with_capacity(flash_aws::config::sdk_config().await, &model);
     let store = DynamoStore::from_config(&sdk, stack::var("TABLE_NAME")).with_rate_limit(None);
     let sku = unique_sku("returns");
     let resp = products::Products {

@@ -1,6 +1,5 @@
 //! Configuration, parsed with `?` in each `main` so a bad deployment fails at start-up.
 
-use crate::capacity::CapacityModel;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use flash_domain::breaker::BreakerConfig;
@@ -160,16 +159,6 @@ pub async fn sdk_config() -> SdkConfig {
         )
         .load()
         .await
-}
-
-/// [`sdk_config`] with its HTTP client wrapped in a [`CapacityModel`], so local runs throttle
-/// and conflict like DynamoDB under load. For benchmarks only; same timeouts and endpoints.
-pub async fn sdk_config_with_capacity(model: &CapacityModel) -> SdkConfig {
-    sdk_config()
-        .await
-        .into_builder()
-        .http_client(model.http_client(crate::capacity::default_https_client()))
-        .build()
 }
 
 #[cfg(test)]

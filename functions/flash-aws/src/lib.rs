@@ -4,7 +4,6 @@
 
 pub mod audit;
 pub mod breaker;
-pub mod capacity;
 pub mod config;
 pub mod dynamo;
 pub mod errors;

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::config::retry::RetryPartition;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use aws_sdk_dynamodb::Client;
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use flash_domain::clock::now_ms;
 use flash_domain::{IdempotencyKey, OrderId, UserId};
 use std::collections::HashMap;
@@ -71,7 +71,7 @@ pub fn model_on() -> bool {
 /// `--no-model`).
 pub async fn dynamo_sdk(model: &CapacityModel) -> aws_config::SdkConfig {
     if model_on() {
-        flash_aws::config::sdk_config_with_capacity(model).await
+        aws_sim::sdk_config_with_capacity(flash_aws::config::sdk_config().await, model)
     } else {
         flash_aws::config::sdk_config().await
     }
@@ -275,7 +275,7 @@ async fn report(
     run: &Run,
     outcomes: &Outcomes,
     model: &CapacityModel,
-    before: flash_aws::capacity::CapacityStats,
+    before: aws_sim::CapacityStats,
 ) -> anyhow::Result<(DesignReport, Details)> {
     let after = model.stats();
     let (left, _) = hot

@@ -8,7 +8,7 @@
 use crate::hot::{self, classify, n, s, Call, Hot, HotDesign};
 use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use aws_sdk_dynamodb::config::retry::RetryConfig;
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use flash_domain::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

@@ -27,8 +27,8 @@ mod sale;
 mod version_lock;
 
 use anyhow::{bail, Context};
+use aws_sim::CapacityModel;
 use clap::Parser;
-use flash_aws::capacity::CapacityModel;
 use report::Results;
 use sale::Sale;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 use crate::hot::{self, classify, n, Call, Hot, HotDesign};
 use crate::sale::{Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use aws_sdk_dynamodb::types::ReturnValue;
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use std::sync::Arc;
 
 pub struct PerOrder {

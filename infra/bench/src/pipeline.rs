@@ -12,7 +12,7 @@ use crate::Stack;
 use anyhow::{bail, Context};
 use aws_sdk_dynamodb::config::retry::RetryPartition;
 use aws_sdk_sqs::types::QueueAttributeName;
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::ports::Store;
 use flash_domain::{Reason, Sku};

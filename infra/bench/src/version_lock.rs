@@ -5,7 +5,7 @@
 
 use crate::hot::{self, classify, n, Call, Hot, HotDesign};
 use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use std::sync::Arc;
 use std::time::Duration;
 

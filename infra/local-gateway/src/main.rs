@@ -2,7 +2,7 @@
 //! `infra/stack.py up`. `local-gateway token`: a bearer token that gateway accepts.
 
 use anyhow::{bail, Context, Result};
-use flash_aws::capacity::CapacityModel;
+use aws_sim::CapacityModel;
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use local_gateway::config::{read_stack_env, GatewayConfig};
 use local_gateway::event_source::{EventSource, LONG_POLL_S};
@@ -179,7 +179,7 @@ async fn run(
                 write_units_per_s_per_item = model.budget_per_item(),
                 "functions reach DynamoDB through the capacity model"
             );
-            flash_aws::config::sdk_config_with_capacity(&model).await
+            aws_sim::sdk_config_with_capacity(sdk.clone(), &model)
         }
         None => sdk.clone(),
     };

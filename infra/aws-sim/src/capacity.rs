@@ -33,36 +33,18 @@
 //! `UnprocessedItems`; conflicted or throttled requests spend no units; `TransactGetItems` is
 //! treated as a read and never conflicts.
 
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
+use crate::answers::{
+    canceled_body, dynamodb_operation, error_body, json_error_response, CONFLICT_MESSAGE,
+    THROTTLE_MESSAGE,
 };
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_runtime_api::client::runtime_components::{
-    RuntimeComponents, RuntimeComponentsBuilder,
-};
-use aws_smithy_runtime_api::http::StatusCode;
-use aws_smithy_types::body::SdkBody;
-use aws_smithy_types::config_bag::ConfigBag;
+use crate::judge::{judged_client, Judge, Verdict};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// The JSON protocols' operation header: `DynamoDB_20120810.<Operation>`,
-/// `AmazonSQS.<Operation>`.
-pub const TARGET_HEADER: &str = "x-amz-target";
-const TARGET_PREFIX: &str = "DynamoDB_20120810.";
-pub const ERROR_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
-
-/// What DynamoDB says when an on-demand table's item (partition) runs out of write capacity.
-pub const THROTTLE_MESSAGE: &str =
-    "Throughput exceeds the current capacity of your table or index. \
-DynamoDB is automatically scaling your table or index so please try again shortly. If exceptions \
-persist, check if you have a hot key: \
-https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html";
-pub const CONFLICT_MESSAGE: &str = "Transaction is ongoing for the item";
 
 /// Key attribute names assumed for a table until a request's `Key` shows the real ones.
 const DEFAULT_KEY_ATTRIBUTES: [&str; 2] = ["pk", "sk"];
@@ -223,93 +205,13 @@ impl CapacityModel {
     /// `inner` with the model in front of it: give the result to the SDK's `http_client`
     /// setter (`aws_config::ConfigLoader`, `SdkConfig::Builder`, `aws_sdk_dynamodb::Config`).
     pub fn http_client(&self, inner: SharedHttpClient) -> SharedHttpClient {
-        SharedHttpClient::new(CapacityHttpClient {
-            model: self.clone(),
-            inner,
-        })
+        judged_client(self.clone(), inner)
     }
 }
 
-/// The HTTPS client the SDK uses when none is configured (hyper 1.x, rustls with aws-lc,
-/// proxy settings from the environment), for wrapping with [`CapacityModel::http_client`].
-pub fn default_https_client() -> SharedHttpClient {
-    use aws_smithy_http_client::proxy::ProxyConfig;
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    use aws_smithy_http_client::{Builder, ConnectorBuilder};
-    Builder::new().build_with_connector_fn(|settings, components| {
-        let mut builder =
-            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
-        builder.set_connector_settings(settings.cloned());
-        if let Some(components) = components {
-            builder.set_sleep_impl(components.sleep_impl());
-        }
-        builder.set_proxy_config(Some(ProxyConfig::from_env()));
-        builder.build()
-    })
-}
-
-#[derive(Debug)]
-struct CapacityHttpClient {
-    model: CapacityModel,
-    inner: SharedHttpClient,
-}
-
-impl HttpClient for CapacityHttpClient {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(CapacityConnector {
-            model: self.model.clone(),
-            inner: self.inner.http_connector(settings, components),
-        })
-    }
-
-    fn validate_base_client_config(
-        &self,
-        runtime_components: &RuntimeComponentsBuilder,
-        cfg: &ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        self.inner
-            .validate_base_client_config(runtime_components, cfg)
-    }
-
-    fn validate_final_config(
-        &self,
-        runtime_components: &RuntimeComponents,
-        cfg: &ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        self.inner.validate_final_config(runtime_components, cfg)
-    }
-
-    fn connector_metadata(
-        &self,
-    ) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
-        self.inner.connector_metadata()
-    }
-}
-
-#[derive(Debug)]
-struct CapacityConnector {
-    model: CapacityModel,
-    inner: SharedHttpConnector,
-}
-
-impl HttpConnector for CapacityConnector {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        match self.model.inner.admit(&request) {
-            Admission::Pass => self.inner.call(request),
-            Admission::Hold(held) => {
-                let response = self.inner.call(request);
-                HttpConnectorFuture::new(async move {
-                    let result = response.await;
-                    drop(held);
-                    result
-                })
-            }
-            Admission::Refuse(response) => HttpConnectorFuture::ready(Ok(*response)),
-        }
+impl Judge for CapacityModel {
+    fn judge(&self, request: &HttpRequest) -> Verdict {
+        self.inner.admit(request)
     }
 }
 
@@ -320,14 +222,8 @@ enum Write {
     Batch(Vec<ItemKey>),
 }
 
-enum Admission {
-    Pass,
-    /// Sent; the transaction's items stay held until this is dropped.
-    Hold(Held),
-    Refuse(Box<HttpResponse>),
-}
-
-/// Items of an in-flight transaction; released on drop (response, error or cancelled attempt).
+/// Items of an in-flight transaction, the guard of [`Verdict::ForwardHolding`]; released on
+/// drop (response, error or cancelled attempt).
 struct Held {
     model: Arc<Inner>,
     keys: Vec<ItemKey>,
@@ -353,28 +249,28 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn admit(self: &Arc<Self>, request: &HttpRequest) -> Admission {
+    fn admit(self: &Arc<Self>, request: &HttpRequest) -> Verdict {
         let Some(op) = dynamodb_operation(request) else {
-            return Admission::Pass;
+            return Verdict::Forward;
         };
         if !matches!(
             op,
             "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems" | "BatchWriteItem"
         ) {
-            return Admission::Pass;
+            return Verdict::Forward;
         }
         let Some(body) = request
             .body()
             .bytes()
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
         else {
-            return Admission::Pass;
+            return Verdict::Forward;
         };
         let region = region_of(request);
         let mut state = self.lock();
         let Some(write) = parse_write(op, &body, &mut state) else {
             // Not a request DynamoDB would accept; let it answer the validation error.
-            return Admission::Pass;
+            return Verdict::Forward;
         };
         let now = self.clock.now();
         match write {
@@ -391,7 +287,7 @@ impl Inner {
                     self.throttles.fetch_add(1, Relaxed);
                     return self.refuse(throttling_body(&keys, &region));
                 }
-                Admission::Pass
+                Verdict::Forward
             }
             Write::Batch(keys) => {
                 if !self.charge(&mut state, &keys, 1.0, now) {
@@ -399,7 +295,7 @@ impl Inner {
                     self.throttles.fetch_add(1, Relaxed);
                     return self.refuse(throttling_body(&keys, &region));
                 }
-                Admission::Pass
+                Verdict::Forward
             }
             Write::Transact(keys) => {
                 let conflicting: Vec<bool> = keys
@@ -423,10 +319,10 @@ impl Inner {
                 for key in &held {
                     *state.in_flight.entry(key.clone()).or_default() += 1;
                 }
-                Admission::Hold(Held {
+                Verdict::ForwardHolding(Box::new(Held {
                     model: Arc::clone(self),
                     keys: held,
-                })
+                }))
             }
         }
     }
@@ -514,41 +410,14 @@ impl Inner {
         state.prune_at = ((state.buckets.len() + state.partitions.len()) * 2).max(MIN_PRUNE_AT);
     }
 
-    fn refuse(&self, body: Value) -> Admission {
+    fn refuse(&self, body: Value) -> Verdict {
         let id = self.request_ids.fetch_add(1, Relaxed);
-        Admission::Refuse(Box::new(json_error_response(
+        Verdict::Answer(Box::new(json_error_response(
             400,
             &body,
             &format!("CAPACITYMODEL{id:020}"),
         )))
     }
-}
-
-/// The DynamoDB operation a request calls (`PutItem`, `TransactWriteItems`, ...), from its
-/// target header; `None` for any other service.
-pub fn dynamodb_operation(request: &HttpRequest) -> Option<&str> {
-    request
-        .headers()
-        .get(TARGET_HEADER)
-        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
-}
-
-/// An error answer of an AWS JSON protocol, as the service sends it, so the SDK parses,
-/// classifies and retries it like a real one. Also used by the tests' fault injector.
-///
-/// # Panics
-/// When `status` is not a valid HTTP status code.
-pub fn json_error_response(status: u16, body: &Value, request_id: &str) -> HttpResponse {
-    let body = body.to_string();
-    let mut response = HttpResponse::new(
-        StatusCode::try_from(status).expect("a valid HTTP status"),
-        SdkBody::from(body.clone()),
-    );
-    let headers = response.headers_mut();
-    headers.insert("content-type", "application/x-amz-json-1.0");
-    headers.insert("content-length", body.len().to_string());
-    headers.insert("x-amzn-requestid", request_id.to_owned());
-    response
 }
 
 /// The region from the request's SigV4 credential scope, for ARNs in throttling reasons.
@@ -561,11 +430,6 @@ fn region_of(request: &HttpRequest) -> String {
         .filter(|r| !r.is_empty())
         .unwrap_or("local")
         .to_owned()
-}
-
-/// A DynamoDB error body: `error` is the exception's short name (`ThrottlingException`).
-pub fn error_body(error: &str, message: &str) -> Value {
-    json!({ "__type": format!("{ERROR_PREFIX}{error}"), "message": message })
 }
 
 fn table_arn(table: &str, region: &str) -> String {
@@ -592,36 +456,6 @@ fn throttling_body(keys: &[ItemKey], region: &str) -> Value {
         })
         .collect();
     body
-}
-
-/// `TransactionCanceledException` with `code` on the flagged items and `None` on the rest.
-pub fn canceled_body(flagged: &[bool], code: &str) -> Value {
-    let message = match code {
-        "TransactionConflict" => CONFLICT_MESSAGE,
-        _ => THROTTLE_MESSAGE,
-    };
-    let reasons: Vec<Value> = flagged
-        .iter()
-        .map(|&f| {
-            if f {
-                json!({ "Code": code, "Message": message })
-            } else {
-                json!({ "Code": "None" })
-            }
-        })
-        .collect();
-    let codes: Vec<&str> = flagged
-        .iter()
-        .map(|&f| if f { code } else { "None" })
-        .collect();
-    json!({
-        "__type": format!("{ERROR_PREFIX}TransactionCanceledException"),
-        "Message": format!(
-            "Transaction cancelled, please refer cancellation reasons for specific reasons [{}]",
-            codes.join(", ")
-        ),
-        "CancellationReasons": reasons,
-    })
 }
 
 fn parse_write(op: &str, body: &Value, state: &mut State) -> Option<Write> {
@@ -747,6 +581,8 @@ fn sorted(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answers::{ERROR_PREFIX, TARGET_PREFIX};
+    use crate::judge::JudgedConnector;
     use aws_sdk_dynamodb::config::retry::RetryConfig;
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -754,6 +590,12 @@ mod tests {
     use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
     use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem, Update};
     use aws_smithy_runtime_api::client::http::http_client_fn;
+    use aws_smithy_runtime_api::client::http::{
+        HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
     use tokio::sync::{Notify, Semaphore};
 
     const TABLE: &str = "flash";
@@ -791,9 +633,9 @@ mod tests {
             self.calls.load(Relaxed)
         }
 
-        fn connector(&self, model: &CapacityModel) -> CapacityConnector {
-            CapacityConnector {
-                model: model.clone(),
+        fn connector(&self, model: &CapacityModel) -> JudgedConnector {
+            JudgedConnector {
+                judge: Arc::new(model.clone()),
                 inner: SharedHttpConnector::new(self.clone()),
             }
         }
@@ -897,7 +739,7 @@ mod tests {
         request("TransactWriteItems", json!({ "TransactItems": items }))
     }
 
-    async fn answer(conn: &CapacityConnector, request: HttpRequest) -> (u16, Value) {
+    async fn answer(conn: &JudgedConnector, request: HttpRequest) -> (u16, Value) {
         let response = conn.call(request).await.expect("no connector error");
         let body = response.body().bytes().expect("in-memory body");
         (
@@ -1420,7 +1262,7 @@ mod tests {
     }
 
     /// Against DynamoDB Local (run with the stack's variables exported, e.g.
-    /// `set -a; . .local/cap/stack.env; cargo test -p flash-aws capacity -- --ignored`):
+    /// `set -a; . .local/cap/stack.env; cargo test -p aws-sim capacity -- --ignored`):
     /// a hot item throttles single writes and conflicts concurrent transactions, and exactly
     /// the writes that were let through are stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1428,8 +1270,8 @@ mod tests {
     async fn dynamodb_local_throttles_and_conflicts_like_dynamodb() {
         let table = std::env::var("TABLE_NAME").expect("TABLE_NAME");
         let model = CapacityModel::new(1000.0, 0.05);
-        let client =
-            aws_sdk_dynamodb::Client::new(&crate::config::sdk_config_with_capacity(&model).await);
+        let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        let client = aws_sdk_dynamodb::Client::new(&crate::sdk_config_with_capacity(sdk, &model));
         let pk = format!("CAPTEST#{}", std::process::id());
         let add = |sk: &str| {
             Update::builder()
