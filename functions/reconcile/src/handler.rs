@@ -10,6 +10,8 @@
 //! settled (no stock moved while it read); only settled violations count. A product that
 //! never settles within the attempts is reported `unsettled` and checked again next run.
 
+use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::DynamoStore;
 use flash_aws::audit::{Audit, Ledger};
 use flash_aws::telemetry::{self, Unit};
 use flash_domain::clock::{now_ms, Millis};
@@ -56,6 +58,13 @@ pub struct ProductCheck {
 pub struct Reconcile<L> {
     pub ledger: L,
     confirm_pause: Duration,
+}
+
+impl Reconcile<DynamoStore> {
+    /// The deployed function from its environment: `TABLE_NAME`.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self::new(aws.store(config::table_name(env)?)))
+    }
 }
 
 impl<L: Ledger> Reconcile<L> {
