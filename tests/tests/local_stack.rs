@@ -21,7 +21,7 @@ struct Sale {
     sku: String,
     store: DynamoStore,
     place: Arc<PlaceOrder<DynamoStore, SqsQueue>>,
-    process: ProcessOrders<DynamoStore>,
+    process: ProcessOrders<DynamoStore, flash_tests::fake_expiry::FakeTimeouts>,
     sqs: aws_sdk_sqs::Client,
     url: String,
 }
@@ -44,6 +44,7 @@ impl Sale {
             place: Arc::new(PlaceOrder::new(store.clone(), queue)),
             process: ProcessOrders {
                 store: store.clone(),
+                timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
             },
             store,
             sqs: stack::sqs().await,
@@ -323,6 +324,7 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
     let batches: Vec<_> = copies.chunks(25).map(sqs_event).collect();
     let process = Arc::new(ProcessOrders {
         store: sale.store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     });
     let gate = Arc::new(Semaphore::new(6));
     let tasks: Vec<_> = batches
@@ -331,9 +333,15 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
             let (process, gate) = (process.clone(), gate.clone());
             tokio::spawn(async move {
                 let _permit = gate.acquire().await.expect("semaphore");
+                let redelivery = flash_tests::fake::FakeRedelivery::default();
                 process
-                    .handle(event, flash_tests::fixtures::invocation_deadline())
+                    .handle(
+                        &redelivery,
+                        event,
+                        flash_tests::fixtures::invocation_deadline(),
+                    )
                     .await
+                    .0
             })
         })
         .collect();
@@ -906,13 +914,16 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
         report_batch_item_failures: true,
         enabled: true,
     };
-    let function = SqsFunction::build(
-        "process-orders",
-        &stack::store().await,
-        &flash_aws::SqsTimeouts::from_config(&sdk, stack::var("PAYMENT_TIMEOUTS_QUEUE_URL")),
+    let function = SqsFunction::ProcessOrders(
+        ProcessOrders {
+            store: stack::store().await,
+            timeouts: flash_aws::SqsTimeouts::from_config(
+                &sdk,
+                stack::var("PAYMENT_TIMEOUTS_QUEUE_URL"),
+            ),
+        },
         SqsQueue::from_config(&sdk, &url),
-    )
-    .expect("process-orders runs locally");
+    );
     // The pollers' long polls outlast the functions' 2 s attempt timeout, as in the gateway.
     let poller = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&sdk)

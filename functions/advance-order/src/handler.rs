@@ -4,8 +4,8 @@
 //! request that is going to write first takes a token from the caller's rate-limit bucket.
 
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::DynamoStore;
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
+use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
 use flash_domain::expiry::{due, Due, Window};
 use flash_domain::order::transition;

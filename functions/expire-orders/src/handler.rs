@@ -12,10 +12,10 @@
 //! ([`ExpireOrders::handle`]); SQS finally moves it to the DLQ after `maxReceiveCount`
 //! receives. The rest of the batch still succeeds.
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::{DynamoStore, SqsTimeouts};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::sqs::{hand_back, parse_records, Receipts};
+use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::backoff::jittered;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};

@@ -2,8 +2,8 @@
 //! told it does not exist, so order ids cannot be probed.
 
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::DynamoStore;
 use flash_aws::http::{caller, json, respond, ApiError};
+use flash_aws::DynamoStore;
 use flash_domain::ports::Store;
 use lambda_http::{Body, Request, Response};
 

@@ -1,5 +1,5 @@
-use get_order::GetOrder;
 use flash_aws::{Aws, Env};
+use get_order::GetOrder;
 use lambda_http::{run, service_fn, Error};
 
 #[tokio::main]

@@ -17,10 +17,10 @@
 //! with `Retry-After` at once, before anything is called (save the order read, while only the
 //! SQS breaker is open).
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::{DynamoStore, SqsQueue};
 use flash_aws::breaker::CircuitBreaker;
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
+use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::breaker::BreakerConfig;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::ports::{CreateOrder, Queue, Store};

@@ -2,8 +2,8 @@
 //! caller like every write route) and `GET /products/{sku}` (anyone signed in: what is left).
 
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::DynamoStore;
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError, Caller};
+use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
 use flash_domain::ports::{PortError, Store};
 use flash_domain::token_bucket::retry_after_secs;

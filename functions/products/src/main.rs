@@ -1,6 +1,6 @@
-use products::Products;
 use flash_aws::{Aws, Env};
 use lambda_http::{run, service_fn, Error};
+use products::Products;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

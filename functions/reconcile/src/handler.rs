@@ -10,10 +10,10 @@
 //! settled (no stock moved while it read); only settled violations count. A product that
 //! never settles within the attempts is reported `unsettled` and checked again next run.
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::DynamoStore;
 use flash_aws::audit::{Audit, Ledger};
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::telemetry::{self, Unit};
+use flash_aws::DynamoStore;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::ports::PortResult;
 use flash_domain::{OrderStatus, Sku};

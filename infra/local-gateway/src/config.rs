@@ -134,13 +134,20 @@ impl GatewayConfig {
 
     /// The environment template.yaml declares for `function` (a logical id), with `knobs`
     /// (the caller's overrides) set over it.
-    pub fn environment(&self, function: &str, knobs: &[(String, String)]) -> Result<Env, ConfigError> {
+    pub fn environment(
+        &self,
+        function: &str,
+        knobs: &[(String, String)],
+    ) -> Result<Env, ConfigError> {
         let declared = self.environments.get(function).ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "gateway.json has no environment for {function} (run `make up` again)"
             ))
         })?;
-        let mut env: Env = declared.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Env = declared
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         for (key, value) in knobs {
             env.set(key, value);
         }

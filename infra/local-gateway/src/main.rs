@@ -209,7 +209,11 @@ async fn run(
         functions,
         verifiers,
         // The functions share one store per table, and so its write statistics.
-        Some(aws.store(config::table_name(&Env::process())?).stats().clone()),
+        Some(
+            aws.store(config::table_name(&Env::process())?)
+                .stats()
+                .clone(),
+        ),
     )?);
 
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own.
