@@ -976,3 +976,123 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
         "in the DLQ after {after:?}: the backoff should be 2 s, then 4 s"
     );
 }
+
+/// place-order as the local gateway builds it: by the constructor its `main.rs` calls, from
+/// the environment gateway.json gives it (template.yaml's, resolved for this stack), with
+/// `knobs` set over it as the caller's are. It sends to a queue of this test's own.
+async fn gateway_place_order(knobs: &[(&str, &str)]) -> PlaceOrder<DynamoStore, SqsQueue> {
+    use local_gateway::config::GatewayConfig;
+    use local_gateway::functions::HttpFunction;
+    let config = GatewayConfig::load(&stack::state_dir()).expect("the stack's gateway.json");
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.binary == "place-order")
+        .expect("a place-order route");
+    let knobs: Vec<(String, String)> = knobs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = config
+        .environment(&route.function, &knobs)
+        .expect("the template declares place-order's environment");
+    let aws = flash_aws::Aws::new(stack::sdk().await);
+    let Ok(Some(HttpFunction::PlaceOrder(place))) = HttpFunction::build("place-order", &aws, &env)
+    else {
+        panic!("place-order did not start from {env:?}");
+    };
+    let mut place = *place;
+    place.queue = stack::test_queue("wired").await.0;
+    place
+}
+
+/// `n` orders of one unit by one caller, all at once: how many were admitted, and the codes
+/// of the refusals.
+async fn rapid_orders(place: PlaceOrder<DynamoStore, SqsQueue>, n: usize) -> (usize, Vec<Value>) {
+    let sku = unique_sku("wired");
+    let products = products::Products {
+        store: stack::store().await,
+    };
+    let resp = products
+        .handle(Req::put_product(&sku, &json!({"name": "Phone", "stock": 100}).to_string()).build())
+        .await;
+    assert_eq!(resp.status(), 201, "{:?}", body(&resp));
+    let place = Arc::new(place);
+    let caller = format!("rapid-{sku}");
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let place = place.clone();
+            let req = Req::place_order(
+                &caller,
+                &format!("{sku}-{i}"),
+                &json!({"sku": sku, "quantity": 1}).to_string(),
+            );
+            tokio::spawn(async move { place.handle(req.build()).await })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, Vec::new());
+    for t in tasks {
+        let resp = t.await.expect("task");
+        match resp.status().as_u16() {
+            202 => admitted += 1,
+            429 => refused.push(body(&resp)["error"]["code"].clone()),
+            other => panic!("unexpected {other}: {:?}", body(&resp)),
+        }
+    }
+    (admitted, refused)
+}
+
+#[tokio::test]
+async fn the_gateways_place_order_refuses_the_11th_rapid_request_as_the_template_declares() {
+    // GIVEN place-order built as the local gateway builds it, from the template's environment
+    // (a burst of 10 per caller)
+    let place = gateway_place_order(&[]).await;
+    // WHEN one caller sends 11 orders at once
+    let (admitted, refused) = rapid_orders(place, 11).await;
+    // THEN ten are admitted and the 11th is refused 429 rate_limited
+    assert_eq!(admitted, 10);
+    assert_eq!(refused, [json!("rate_limited")]);
+}
+
+#[tokio::test]
+async fn the_gateways_place_order_takes_its_rate_limit_and_breakers_from_its_environment() {
+    // GIVEN place-order built as the gateway builds it, with a burst of 3 and breakers that
+    // open on the first failure set over the template's environment
+    let place = gateway_place_order(&[
+        ("RATE_LIMIT_CAPACITY", "3"),
+        ("RATE_LIMIT_PER_SECOND", "0.01"),
+        ("BREAKER_FAILURES", "1"),
+    ])
+    .await;
+    // WHEN one caller sends 4 orders at once
+    let (admitted, refused) = rapid_orders(place, 4).await;
+    // THEN 3 are admitted, the 4th refused
+    assert_eq!(admitted, 3);
+    assert_eq!(refused, [json!("rate_limited")]);
+
+    // AND WHEN its queue is gone
+    let mut place = gateway_place_order(&[("BREAKER_FAILURES", "1")]).await;
+    let sdk = stack::sdk().await;
+    let gone = format!("{}-gone", stack::var("ORDERS_QUEUE_URL"));
+    place.queue = SqsQueue::from_config(&sdk, &gone);
+    let sku = unique_sku("wired-breaker");
+    let products = products::Products {
+        store: stack::store().await,
+    };
+    products
+        .handle(Req::put_product(&sku, &json!({"name": "Phone", "stock": 5}).to_string()).build())
+        .await;
+    let resp = place
+        .handle(
+            Req::place_order(
+                "breaker-buyer",
+                &format!("{sku}-1"),
+                &json!({"sku": sku, "quantity": 1}).to_string(),
+            )
+            .build(),
+        )
+        .await;
+    assert_eq!(resp.status(), 503, "{:?}", body(&resp));
+    // THEN one failure opened its SQS breaker
+    assert!(place.breakers().1.refusal().is_some());
+}
