@@ -1006,8 +1006,8 @@ async fn gateway_place_order(knobs: &[(&str, &str)]) -> PlaceOrder<DynamoStore, 
     place
 }
 
-/// `n` orders of one unit by one caller, all at once: how many were admitted, and the codes
-/// of the refusals.
+/// `n` orders of one unit by one caller, one after another: how many were admitted before the
+/// first refusal, and the codes of the refusals.
 async fn rapid_orders(place: PlaceOrder<DynamoStore, SqsQueue>, n: usize) -> (usize, Vec<Value>) {
     let sku = unique_sku("wired");
     let products = products::Products {
@@ -1017,24 +1017,17 @@ async fn rapid_orders(place: PlaceOrder<DynamoStore, SqsQueue>, n: usize) -> (us
         .handle(Req::put_product(&sku, &json!({"name": "Phone", "stock": 100}).to_string()).build())
         .await;
     assert_eq!(resp.status(), 201, "{:?}", body(&resp));
-    let place = Arc::new(place);
     let caller = format!("rapid-{sku}");
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let place = place.clone();
-            let req = Req::place_order(
-                &caller,
-                &format!("{sku}-{i}"),
-                &json!({"sku": sku, "quantity": 1}).to_string(),
-            );
-            tokio::spawn(async move { place.handle(req.build()).await })
-        })
-        .collect();
     let (mut admitted, mut refused) = (0, Vec::new());
-    for t in tasks {
-        let resp = t.await.expect("task");
+    for i in 0..n {
+        let req = Req::place_order(
+            &caller,
+            &format!("{sku}-{i}"),
+            &json!({"sku": sku, "quantity": 1}).to_string(),
+        );
+        let resp = place.handle(req.build()).await;
         match resp.status().as_u16() {
-            202 => admitted += 1,
+            202 if refused.is_empty() => admitted += 1,
             429 => refused.push(body(&resp)["error"]["code"].clone()),
             other => panic!("unexpected {other}: {:?}", body(&resp)),
         }
@@ -1042,12 +1035,14 @@ async fn rapid_orders(place: PlaceOrder<DynamoStore, SqsQueue>, n: usize) -> (us
     (admitted, refused)
 }
 
+// A token comes back every 1,000 s in these two: none returns while the requests run, however
+// slow the machine.
 #[tokio::test]
 async fn the_gateways_place_order_refuses_the_11th_rapid_request_as_the_template_declares() {
     // GIVEN place-order built as the local gateway builds it, from the template's environment
     // (a burst of 10 per caller)
-    let place = gateway_place_order(&[]).await;
-    // WHEN one caller sends 11 orders at once
+    let place = gateway_place_order(&[("RATE_LIMIT_PER_SECOND", "0.001")]).await;
+    // WHEN one caller sends 11 orders
     let (admitted, refused) = rapid_orders(place, 11).await;
     // THEN ten are admitted and the 11th is refused 429 rate_limited
     assert_eq!(admitted, 10);
@@ -1058,41 +1053,20 @@ async fn the_gateways_place_order_refuses_the_11th_rapid_request_as_the_template
 async fn the_gateways_place_order_takes_its_rate_limit_and_breakers_from_its_environment() {
     // GIVEN place-order built as the gateway builds it, with a burst of 3 and breakers that
     // open on the first failure set over the template's environment
-    let place = gateway_place_order(&[
+    let settings = [
         ("RATE_LIMIT_CAPACITY", "3"),
-        ("RATE_LIMIT_PER_SECOND", "0.01"),
+        ("RATE_LIMIT_PER_SECOND", "0.001"),
         ("BREAKER_FAILURES", "1"),
-    ])
-    .await;
-    // WHEN one caller sends 4 orders at once
+    ];
+    let place = gateway_place_order(&settings).await;
+    // THEN both its breakers have those settings
+    let breakers =
+        flash_aws::config::breakers(&flash_aws::Env::from_iter(settings)).expect("valid settings");
+    assert_eq!(breakers.failures, 1);
+    assert_eq!(place.breakers().0.config(), breakers);
+    assert_eq!(place.breakers().1.config(), breakers);
+    // AND WHEN one caller sends 4 orders, the 4th is refused
     let (admitted, refused) = rapid_orders(place, 4).await;
-    // THEN 3 are admitted, the 4th refused
     assert_eq!(admitted, 3);
     assert_eq!(refused, [json!("rate_limited")]);
-
-    // AND WHEN its queue is gone
-    let mut place = gateway_place_order(&[("BREAKER_FAILURES", "1")]).await;
-    let sdk = stack::sdk().await;
-    let gone = format!("{}-gone", stack::var("ORDERS_QUEUE_URL"));
-    place.queue = SqsQueue::from_config(&sdk, &gone);
-    let sku = unique_sku("wired-breaker");
-    let products = products::Products {
-        store: stack::store().await,
-    };
-    products
-        .handle(Req::put_product(&sku, &json!({"name": "Phone", "stock": 5}).to_string()).build())
-        .await;
-    let resp = place
-        .handle(
-            Req::place_order(
-                "breaker-buyer",
-                &format!("{sku}-1"),
-                &json!({"sku": sku, "quantity": 1}).to_string(),
-            )
-            .build(),
-        )
-        .await;
-    assert_eq!(resp.status(), 503, "{:?}", body(&resp));
-    // THEN one failure opened its SQS breaker
-    assert!(place.breakers().1.refusal().is_some());
 }
