@@ -18,7 +18,8 @@ State layout (STATE defaults to .local):
   STATE/logs/<name>.log   its stdout and stderr
   STATE/stack.env         shell KEY=value lines, also printed by `up`
   STATE/env.json          the same per function, for `sam local invoke --env-vars`
-  STATE/gateway.json      routes, event source mappings and authorizer for the gateway
+  STATE/gateway.json      routes, event source mappings, authorizer and each function's
+                          environment for the gateway
   STATE/jwt/*.pem         the gateway's token signing key pair (made once, kept by `down`)
 
 `up` on a state directory whose emulators are all still running starts nothing: it
@@ -724,6 +725,8 @@ def cmd_up(state: Path, template_path: Path) -> int:
                 )
             values.setdefault(key, value)
 
+    # The gateway gives each function the environment the template declares for it.
+    gateway["environments"] = functions
     env_json: dict[str, Any] = {"Parameters": dict(values)}
     env_json.update({function: variables for function, variables in functions.items()})
     (state / "env.json").write_text(json.dumps(env_json, indent=2) + "\n")

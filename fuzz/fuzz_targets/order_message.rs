@@ -38,8 +38,13 @@ fuzz_target!(|data: &[u8]| {
     let event = batch(&[("genuine", &genuine), ("fuzzed", body)]);
     let processor = ProcessOrders {
         store: world.store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
-    let (resp, _) = block_on(processor.process(event, flash_domain::clock::now_ms() + 30_000));
+    let (resp, _) = block_on(processor.handle(
+        &flash_tests::fake::FakeRedelivery::default(),
+        event,
+        flash_domain::clock::now_ms() + 30_000,
+    ));
     let failed: Vec<&str> = resp
         .batch_item_failures
         .iter()

@@ -6,6 +6,7 @@ use crate::fixtures::sqs_event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
 use aws_sdk_sqs::Client;
+use flash_domain::expiry::PaymentTimeouts;
 use flash_domain::ports::Store;
 use process_orders::ProcessOrders;
 use std::collections::HashSet;
@@ -102,8 +103,8 @@ pub async fn queue_empty(sqs: &Client, url: &str) -> bool {
 }
 
 /// Runs `consumers` concurrent pollers until the queue is empty or `deadline` passes.
-pub async fn drain<S: Store>(
-    handler: &ProcessOrders<S>,
+pub async fn drain<S: Store, T: PaymentTimeouts>(
+    handler: &ProcessOrders<S, T>,
     sqs: &Client,
     url: &str,
     consumers: usize,
@@ -124,7 +125,11 @@ pub async fn drain<S: Store>(
             }
             let event = received_event(&msgs);
             let (resp, report) = handler
-                .process(event, crate::fixtures::invocation_deadline())
+                .handle(
+                    &crate::fake::FakeRedelivery::default(),
+                    event,
+                    crate::fixtures::invocation_deadline(),
+                )
                 .await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures

@@ -16,6 +16,12 @@ fn env_file() -> std::path::PathBuf {
     }
 }
 
+/// The stack's state directory: `stack.env`'s, beside `gateway.json`.
+pub fn state_dir() -> std::path::PathBuf {
+    let file = env_file();
+    file.parent().map(|p| p.to_owned()).unwrap_or(file)
+}
+
 /// The variables of `stack.env`, also exported to this process so the SDK finds the endpoints.
 pub fn vars() -> &'static HashMap<String, String> {
     static VARS: OnceLock<HashMap<String, String>> = OnceLock::new();

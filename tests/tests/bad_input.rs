@@ -159,9 +159,11 @@ impl World {
         assert_eq!(placed.status, 202, "body: {}", placed.body);
         let processor = ProcessOrders {
             store: world.store.clone(),
+            timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
         };
         let (resp, _) = processor
-            .process(
+            .handle(
+                &flash_tests::fake::FakeRedelivery::default(),
                 world.queue.take_event(),
                 flash_tests::fixtures::invocation_deadline(),
             )
@@ -1040,11 +1042,13 @@ async fn an_sqs_record_that_is_not_an_order_is_the_only_failure_of_its_batch_and
         let sent = world.queue.take();
         let processor = ProcessOrders {
             store: world.store.clone(),
+            timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
         };
         // WHEN the bad record arrives alone
         let before = world.written();
         let (alone, _) = processor
-            .process(
+            .handle(
+                &flash_tests::fake::FakeRedelivery::default(),
                 sqs(&[("bad".into(), body.clone())]),
                 flash_tests::fixtures::invocation_deadline(),
             )
@@ -1063,7 +1067,11 @@ async fn an_sqs_record_that_is_not_an_order_is_the_only_failure_of_its_batch_and
             ("m-carol".into(), Some(message_body(&sent[1]))),
         ]);
         let (resp, report) = processor
-            .process(batch, flash_tests::fixtures::invocation_deadline())
+            .handle(
+                &flash_tests::fake::FakeRedelivery::default(),
+                batch,
+                flash_tests::fixtures::invocation_deadline(),
+            )
             .await;
         // THEN it alone is reported failed, and both orders are decided
         if failures(&resp) != ["bad"] || report.accepted != 2 {

@@ -90,6 +90,7 @@ async fn no_buyer_can_put_a_message_in_the_dlq_by_reusing_a_key_or_passing_the_l
         .with_redrive_delay(REDRIVE_DELAY);
     let process = ProcessOrders {
         store: store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let order = |who: &str, key: &str, quantity: u32| {
         // Keys scoped to this run's SKU: order ids derive from caller and key alone.

@@ -39,7 +39,8 @@ use flash_domain::{
 use flash_tests::audit::audit;
 use flash_tests::drain::received_event;
 use flash_tests::failpoint::{At, Effect, Entry, Failpoint, Faulty, Fired, Phase, Tracer};
-use flash_tests::fake::{message_body, FakeQueue, FakeStore};
+use flash_tests::fake::{message_body, FakeQueue, FakeRedelivery, FakeStore};
+use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::{sqs_event, Req};
 use flash_tests::invariants::{audit_state, check_ledger, effects};
 use flash_tests::sdk_faults::{Rule, SdkFault, SdkFaults};
@@ -577,12 +578,13 @@ impl World {
         let inv = self.tracer.invocation("process-orders", point);
         let h = ProcessOrders {
             store: inv.wrap(self.store.clone()),
+            timeouts: inv.wrap(TimeoutsQueue(self.timeouts.clone())),
         };
         let event = delivered(batch);
-        let timeouts = inv.wrap(TimeoutsQueue(self.timeouts.clone()));
+        // The world plays SQS itself: what the function hands back is only recorded.
         let (resp, report) = h
-            .process_and_schedule(
-                &timeouts,
+            .handle(
+                &FakeRedelivery::default(),
                 event,
                 flash_tests::fixtures::invocation_deadline(),
             )
@@ -1719,7 +1721,7 @@ impl Api for Live {
 /// succeeded ones deleted.
 async fn live_drain(
     live: &Live,
-    processor: &ProcessOrders<Faulty<DynamoStore>>,
+    processor: &ProcessOrders<Faulty<DynamoStore>, FakeTimeouts>,
     stack: &Stack,
     url: &str,
     seed: u64,
@@ -1751,14 +1753,18 @@ async fn live_drain(
                 live.tally(Kind::DuplicateDelivery);
             }
         }
+        // This loop plays the event source: what the function hands back is only recorded.
+        let redelivery = FakeRedelivery::default();
         let failed = if rng.random_bool(0.3) {
             live.tally(Kind::ConcurrentDuplicateDelivery);
             let (a, b) = futures::join!(
-                processor.process(
+                processor.handle(
+                    &redelivery,
                     received_event(&msgs),
                     flash_tests::fixtures::invocation_deadline()
                 ),
-                processor.process(
+                processor.handle(
+                    &redelivery,
                     received_event(&msgs),
                     flash_tests::fixtures::invocation_deadline()
                 )
@@ -1767,7 +1773,8 @@ async fn live_drain(
         } else {
             failed_ids(
                 &processor
-                    .process(
+                    .handle(
+                        &redelivery,
                         received_event(&msgs),
                         flash_tests::fixtures::invocation_deadline(),
                     )
@@ -1812,9 +1819,14 @@ async fn live_poison_batch(live: &Live, stack: &Stack, url: &str) {
     let event = received_event(batch.iter().copied());
     let h = ProcessOrders {
         store: stack.clean.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let (resp, _) = h
-        .process(event, flash_tests::fixtures::invocation_deadline())
+        .handle(
+            &FakeRedelivery::default(),
+            event,
+            flash_tests::fixtures::invocation_deadline(),
+        )
         .await;
     let expected: HashSet<String> = poison.iter().filter_map(|m| m.message_id.clone()).collect();
     if failed_ids(&resp) != expected {
@@ -1954,6 +1966,7 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
             .tracer
             .invocation("process-orders", None)
             .wrap(live.store.clone()),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let scripts = buyers.iter().zip(&ids).map(|(b, id)| {
         let live = &live;
@@ -2026,9 +2039,11 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
     let before = audit(&stack.clean, &sku_text).await;
     let clean = ProcessOrders {
         store: stack.clean.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let (resp, _) = clean
-        .process(
+        .handle(
+            &FakeRedelivery::default(),
             sqs_event(&late),
             flash_tests::fixtures::invocation_deadline(),
         )

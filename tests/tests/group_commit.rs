@@ -17,7 +17,7 @@ use flash_domain::ports::{
     Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, ShardStock, Store,
 };
 use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
-use flash_tests::fake::{message_body, FakeStore};
+use flash_tests::fake::{message_body, FakeRedelivery, FakeStore};
 use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
 use futures::future::BoxFuture;
@@ -732,9 +732,16 @@ async fn process_orders_retries_a_throttled_commit_and_schedules_the_payment_tim
     rig.shared.lost_replies.store(1, Ordering::SeqCst);
     let timeouts = FakeTimeouts::new();
     // WHEN process-orders runs with the 30 s of a fresh invocation
-    let h = ProcessOrders { store: rig };
+    let h = ProcessOrders {
+        store: rig,
+        timeouts: timeouts.clone(),
+    };
     let (resp, report) = h
-        .process_and_schedule(&timeouts, batch(&orders), now_ms() + 30_000)
+        .handle(
+            &FakeRedelivery::default(),
+            batch(&orders),
+            now_ms() + 30_000,
+        )
         .await;
     // THEN no record fails, both orders are pending, and both payment timeouts are scheduled
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
@@ -762,9 +769,12 @@ async fn process_orders_hands_the_records_back_before_its_invocation_ends() {
     let timeouts = FakeTimeouts::new();
     let deadline = now_ms() + DEADLINE_MARGIN.as_millis() as Millis + 400;
     // WHEN process-orders runs
-    let h = ProcessOrders { store: rig };
+    let h = ProcessOrders {
+        store: rig,
+        timeouts: timeouts.clone(),
+    };
     let (resp, _) = h
-        .process_and_schedule(&timeouts, batch(&orders), deadline)
+        .handle(&FakeRedelivery::default(), batch(&orders), deadline)
         .await;
     // THEN it answers before the margin starts, every record failed and nothing written
     assert!(now_ms() < deadline - DEADLINE_MARGIN.as_millis() as Millis + 50);

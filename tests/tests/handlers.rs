@@ -172,9 +172,14 @@ impl Env {
     ) -> (Vec<String>, BatchReport) {
         let h = ProcessOrders {
             store: self.store.clone(),
+            timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
         };
         let (resp, report) = h
-            .process(event, flash_tests::fixtures::invocation_deadline())
+            .handle(
+                &flash_tests::fake::FakeRedelivery::default(),
+                event,
+                flash_tests::fixtures::invocation_deadline(),
+            )
             .await;
         (failures(&resp), report)
     }

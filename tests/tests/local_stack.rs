@@ -21,7 +21,7 @@ struct Sale {
     sku: String,
     store: DynamoStore,
     place: Arc<PlaceOrder<DynamoStore, SqsQueue>>,
-    process: ProcessOrders<DynamoStore>,
+    process: ProcessOrders<DynamoStore, flash_tests::fake_expiry::FakeTimeouts>,
     sqs: aws_sdk_sqs::Client,
     url: String,
 }
@@ -45,6 +45,7 @@ impl Sale {
             place: Arc::new(PlaceOrder::new(store.clone(), queue)),
             process: ProcessOrders {
                 store: store.clone(),
+                timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
             },
             store,
             sqs: stack::sqs().await,
@@ -331,6 +332,7 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
     let batches: Vec<_> = copies.chunks(25).map(sqs_event).collect();
     let process = Arc::new(ProcessOrders {
         store: sale.store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     });
     let gate = Arc::new(Semaphore::new(6));
     let tasks: Vec<_> = batches
@@ -339,9 +341,15 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
             let (process, gate) = (process.clone(), gate.clone());
             tokio::spawn(async move {
                 let _permit = gate.acquire().await.expect("semaphore");
+                let redelivery = flash_tests::fake::FakeRedelivery::default();
                 process
-                    .handle(event, flash_tests::fixtures::invocation_deadline())
+                    .handle(
+                        &redelivery,
+                        event,
+                        flash_tests::fixtures::invocation_deadline(),
+                    )
                     .await
+                    .0
             })
         })
         .collect();
@@ -907,13 +915,16 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
         report_batch_item_failures: true,
         enabled: true,
     };
-    let function = SqsFunction::build(
-        "process-orders",
-        &stack::store().await,
-        &flash_aws::SqsTimeouts::from_config(&sdk, stack::var("PAYMENT_TIMEOUTS_QUEUE_URL")),
+    let function = SqsFunction::ProcessOrders(
+        ProcessOrders {
+            store: stack::store().await,
+            timeouts: flash_aws::SqsTimeouts::from_config(
+                &sdk,
+                stack::var("PAYMENT_TIMEOUTS_QUEUE_URL"),
+            ),
+        },
         SqsQueue::from_config(&sdk, &url),
-    )
-    .expect("process-orders runs locally");
+    );
     // The pollers' long polls outlast the functions' 2 s attempt timeout, as in the gateway.
     let poller = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&sdk)
@@ -965,4 +976,98 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
         after >= Duration::from_secs(5) && after < Duration::from_secs(15),
         "in the DLQ after {after:?}: the backoff should be 2 s, then 4 s"
     );
+}
+
+/// place-order as the local gateway builds it: by the constructor its `main.rs` calls, from
+/// the environment gateway.json gives it (template.yaml's, resolved for this stack), with
+/// `knobs` set over it as the caller's are. It sends to a queue of this test's own.
+async fn gateway_place_order(knobs: &[(&str, &str)]) -> PlaceOrder<DynamoStore, SqsQueue> {
+    use local_gateway::config::GatewayConfig;
+    use local_gateway::functions::HttpFunction;
+    let config = GatewayConfig::load(&stack::state_dir()).expect("the stack's gateway.json");
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.binary == "place-order")
+        .expect("a place-order route");
+    let knobs: Vec<(String, String)> = knobs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = config
+        .environment(&route.function, &knobs)
+        .expect("the template declares place-order's environment");
+    let aws = flash_aws::Aws::new(stack::sdk().await);
+    let Ok(Some(HttpFunction::PlaceOrder(place))) = HttpFunction::build("place-order", &aws, &env)
+    else {
+        panic!("place-order did not start from {env:?}");
+    };
+    let mut place = *place;
+    place.queue = stack::test_queue("wired").await.0;
+    place
+}
+
+/// `n` orders of one unit by one caller, one after another: how many were admitted before the
+/// first refusal, and the codes of the refusals.
+async fn rapid_orders(place: PlaceOrder<DynamoStore, SqsQueue>, n: usize) -> (usize, Vec<Value>) {
+    let sku = unique_sku("wired");
+    let products = products::Products {
+        store: stack::store().await,
+    };
+    let resp = products
+        .handle(Req::put_product(&sku, &json!({"name": "Phone", "stock": 100}).to_string()).build())
+        .await;
+    assert_eq!(resp.status(), 201, "{:?}", body(&resp));
+    let caller = format!("rapid-{sku}");
+    let (mut admitted, mut refused) = (0, Vec::new());
+    for i in 0..n {
+        let req = Req::place_order(
+            &caller,
+            &format!("{sku}-{i}"),
+            &json!({"sku": sku, "quantity": 1}).to_string(),
+        );
+        let resp = place.handle(req.build()).await;
+        match resp.status().as_u16() {
+            202 if refused.is_empty() => admitted += 1,
+            429 => refused.push(body(&resp)["error"]["code"].clone()),
+            other => panic!("unexpected {other}: {:?}", body(&resp)),
+        }
+    }
+    (admitted, refused)
+}
+
+// A token comes back every 1,000 s in these two: none returns while the requests run, however
+// slow the machine.
+#[tokio::test]
+async fn the_gateways_place_order_refuses_the_11th_rapid_request_as_the_template_declares() {
+    // GIVEN place-order built as the local gateway builds it, from the template's environment
+    // (a burst of 10 per caller)
+    let place = gateway_place_order(&[("RATE_LIMIT_PER_SECOND", "0.001")]).await;
+    // WHEN one caller sends 11 orders
+    let (admitted, refused) = rapid_orders(place, 11).await;
+    // THEN ten are admitted and the 11th is refused 429 rate_limited
+    assert_eq!(admitted, 10);
+    assert_eq!(refused, [json!("rate_limited")]);
+}
+
+#[tokio::test]
+async fn the_gateways_place_order_takes_its_rate_limit_and_breakers_from_its_environment() {
+    // GIVEN place-order built as the gateway builds it, with a burst of 3 and breakers that
+    // open on the first failure set over the template's environment
+    let settings = [
+        ("RATE_LIMIT_CAPACITY", "3"),
+        ("RATE_LIMIT_PER_SECOND", "0.001"),
+        ("BREAKER_FAILURES", "1"),
+    ];
+    let place = gateway_place_order(&settings).await;
+    // THEN both its breakers have those settings
+    let breakers =
+        flash_aws::config::breakers(&flash_aws::Env::from_iter(settings)).expect("valid settings");
+    assert_eq!(breakers.failures, 1);
+    assert_eq!(place.breakers().0.config(), breakers);
+    assert_eq!(place.breakers().1.config(), breakers);
+    // AND WHEN one caller sends 4 orders, the 4th is refused
+    let (admitted, refused) = rapid_orders(place, 4).await;
+    assert_eq!(admitted, 3);
+    assert_eq!(refused, [json!("rate_limited")]);
 }

@@ -94,6 +94,7 @@ async fn five_hundred_returns_on_one_sold_out_product_all_succeed_without_a_503(
     let place_order = Arc::new(PlaceOrder::new(store.clone(), queue));
     let process = ProcessOrders {
         store: store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let decide = || drain(&process, &sqs, &orders_url, 4, 50, Duration::from_secs(60));
     let advance = Arc::new(AdvanceOrder {
@@ -284,6 +285,7 @@ async fn a_return_clears_the_sold_out_flag_and_whoever_finds_the_order_canceled_
     let ids = place(&Arc::new(PlaceOrder::new(store.clone(), queue)), &sku, 0..2).await;
     let process = ProcessOrders {
         store: store.clone(),
+        timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let decided = drain(&process, &sqs, &orders_url, 1, 10, Duration::from_secs(30)).await;
     assert_eq!(decided.accepted, 2);

@@ -70,9 +70,10 @@ impl Env {
         OrderId::parse(b["order_id"].as_str().expect("order_id")).expect("valid")
     }
 
-    fn processor(&self) -> ProcessOrders<FakeStore> {
+    fn processor(&self) -> ProcessOrders<FakeStore, FakeTimeouts> {
         ProcessOrders {
             store: self.store.clone(),
+            timeouts: self.timeouts.clone(),
         }
     }
 
@@ -80,8 +81,8 @@ impl Env {
     async fn process(&self, event: SqsEvent) -> (Vec<String>, BatchReport) {
         let (resp, report) = self
             .processor()
-            .process_and_schedule(
-                &self.timeouts,
+            .handle(
+                &FakeRedelivery::default(),
                 event,
                 flash_tests::fixtures::invocation_deadline(),
             )
@@ -224,9 +225,17 @@ async fn a_redelivery_after_a_crash_before_scheduling_schedules_the_pending_orde
     let env = Env::with_product(json!({"name": "Phone", "stock": 5})).await;
     let id = env.place("alice", "k1", 1).await;
     let event = env.queue.take_event();
-    let (_, crashed) = env
-        .processor()
-        .process(event.clone(), flash_tests::fixtures::invocation_deadline())
+    // (its timeouts go to a queue of their own, which the crash loses)
+    let crashing = ProcessOrders {
+        store: env.store.clone(),
+        timeouts: FakeTimeouts::new(),
+    };
+    let (_, crashed) = crashing
+        .handle(
+            &FakeRedelivery::default(),
+            event.clone(),
+            flash_tests::fixtures::invocation_deadline(),
+        )
         .await;
     assert_eq!(crashed.accepted, 1);
     assert_eq!(env.timeouts.calls(), 0);
@@ -440,7 +449,7 @@ async fn process_orders_hands_failed_records_back_after_a_backoff_from_their_rec
     let redelivery = FakeRedelivery::default();
     let (resp, _) = env
         .processor()
-        .process_and_hand_back(&env.timeouts, &redelivery, event, invocation_deadline())
+        .handle(&redelivery, event, invocation_deadline())
         .await;
     // THEN both records fail and are handed back: the first after 2 s, the second after the
     // one-minute cap (2^7 s would be over two minutes)
@@ -463,12 +472,7 @@ async fn process_orders_hands_nothing_back_when_every_record_succeeds() {
     let redelivery = FakeRedelivery::default();
     let (resp, _) = env
         .processor()
-        .process_and_hand_back(
-            &env.timeouts,
-            &redelivery,
-            env.queue.take_event(),
-            invocation_deadline(),
-        )
+        .handle(&redelivery, env.queue.take_event(), invocation_deadline())
         .await;
     assert!(failures(&resp).is_empty());
     assert!(redelivery.handed_back().is_empty());

@@ -30,7 +30,7 @@ struct Sale {
     sku: String,
     store: DynamoStore,
     place: Arc<PlaceOrder<DynamoStore, SqsQueue>>,
-    process: ProcessOrders<DynamoStore>,
+    process: ProcessOrders<DynamoStore, SqsTimeouts>,
     timeouts: SqsTimeouts,
     expire: Arc<ExpireOrders<DynamoStore, SqsTimeouts>>,
     sqs: aws_sdk_sqs::Client,
@@ -56,6 +56,7 @@ impl Sale {
             place: Arc::new(PlaceOrder::new(store.clone(), queue)),
             process: ProcessOrders {
                 store: store.clone(),
+                timeouts: timeouts.clone(),
             },
             expire: Arc::new(ExpireOrders {
                 store: store.clone(),
@@ -95,8 +96,8 @@ impl Sale {
             }
             let (resp, _) = self
                 .process
-                .process_and_schedule(
-                    &self.timeouts,
+                .handle(
+                    &flash_tests::fake::FakeRedelivery::default(),
                     received_event(&msgs),
                     flash_tests::fixtures::invocation_deadline(),
                 )

@@ -3,7 +3,9 @@
 //! buyer, on the owner), returning stock in the same transaction for cancel and refund. A
 //! request that is going to write first takes a token from the caller's rate-limit bucket.
 
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
+use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
 use flash_domain::expiry::{due, Due, Window};
 use flash_domain::order::transition;
@@ -24,6 +26,17 @@ struct NoFields {}
 
 pub struct AdvanceOrder<S> {
     pub store: S,
+}
+
+impl AdvanceOrder<DynamoStore> {
+    /// The deployed function from its environment: `TABLE_NAME` and the rate limit.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: aws
+                .store(config::table_name(env)?)
+                .with_rate_limit(config::rate_limit(env)?),
+        })
+    }
 }
 
 impl<S: Store> AdvanceOrder<S> {

@@ -13,7 +13,9 @@
 //! receives. The rest of the batch still succeeds.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::sqs::{hand_back, parse_records, Receipts};
+use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::backoff::jittered;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::expiry::{expire, Expiry, PaymentDue, PaymentTimeouts, TimeoutMessage};
@@ -70,6 +72,17 @@ enum Outcome {
     Settled,
     NotYet(PaymentDue),
     Failed(&'static str),
+}
+
+impl ExpireOrders<DynamoStore, SqsTimeouts> {
+    /// The deployed function from its environment: `TABLE_NAME` and
+    /// `PAYMENT_TIMEOUTS_QUEUE_URL`.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: aws.store(config::table_name(env)?),
+            timeouts: aws.timeouts(config::payment_timeouts_queue_url(env)?),
+        })
+    }
 }
 
 impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {

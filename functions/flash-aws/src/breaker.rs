@@ -32,6 +32,11 @@ impl CircuitBreaker {
         }
     }
 
+    /// The settings it was built with.
+    pub fn config(&self) -> BreakerConfig {
+        self.with(|b| b.config())
+    }
+
     pub fn state(&self) -> State {
         self.with(|b| b.state())
     }

@@ -1,20 +1,147 @@
 //! Configuration, parsed with `?` in each `main` so a bad deployment fails at start-up.
 
+use crate::{DynamoStore, SqsQueue, SqsTimeouts};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use flash_domain::breaker::BreakerConfig;
 use flash_domain::token_bucket::TokenBucket;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A setting that stops a function at start-up.
 #[derive(Debug, thiserror::Error)]
-#[error("environment variable {0} is missing or empty")]
-pub struct MissingVar(pub &'static str);
+pub enum ConfigError {
+    #[error("environment variable {0} is missing or empty")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {why}")]
+    Invalid { name: &'static str, why: String },
+}
 
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name} is invalid: {why}")]
-pub struct BadVar {
-    pub name: &'static str,
-    pub why: String,
+/// A function's environment: the variables its settings are parsed from. On Lambda each
+/// function has its process, and `main` passes the process's ([`Env::process`]); the local
+/// gateway runs every function in one process and gives each the variables template.yaml
+/// declares for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    /// The process's environment, as Lambda sets it from the template.
+    pub fn process() -> Self {
+        std::env::vars().collect()
+    }
+
+    /// The variable's value; an empty or blank one counts as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// A variable the function cannot run without.
+    pub fn required(&self, name: &'static str) -> Result<&str, ConfigError> {
+        self.get(name).ok_or(ConfigError::Missing(name))
+    }
+
+    /// Sets `name`, replacing any value it had.
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(name.into(), value.into());
+    }
+
+    /// An optional variable parsed as `T`; absent or empty means `default`.
+    fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                why: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(vars: I) -> Self {
+        Self(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// The AWS side every function is built on: the SDK configuration, loaded once per process.
+/// The local gateway may reach DynamoDB through another HTTP client (the capacity model). The
+/// stores of one table share their write statistics and rate-limit hints, as one process's
+/// functions did when they shared one store.
+#[derive(Clone)]
+pub struct Aws {
+    sdk: SdkConfig,
+    dynamodb: SdkConfig,
+    write_stats: bool,
+    stores: Arc<Mutex<HashMap<String, DynamoStore>>>,
+}
+
+impl Aws {
+    pub fn new(sdk: SdkConfig) -> Self {
+        Self {
+            dynamodb: sdk.clone(),
+            sdk,
+            write_stats: false,
+            stores: Arc::default(),
+        }
+    }
+
+    /// DynamoDB through `sdk` (the local gateway's capacity model); SQS keeps the first.
+    pub fn with_dynamodb(mut self, sdk: SdkConfig) -> Self {
+        self.dynamodb = sdk;
+        self
+    }
+
+    /// Stores that count what they write (`DynamoStore::with_write_stats`): the local stack
+    /// reports it; a deployed function asks DynamoDB for no consumed capacity.
+    pub fn with_write_stats(mut self) -> Self {
+        self.write_stats = true;
+        self
+    }
+
+    /// The store of `table`, with the default rate limit.
+    pub fn store(&self, table: &str) -> DynamoStore {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores
+            .entry(table.to_owned())
+            .or_insert_with(|| {
+                let store = DynamoStore::from_config(&self.dynamodb, table);
+                if self.write_stats {
+                    store.with_write_stats()
+                } else {
+                    store
+                }
+            })
+            .clone()
+    }
+
+    pub fn queue(&self, url: &str) -> SqsQueue {
+        SqsQueue::from_config(&self.sdk, url)
+    }
+
+    pub fn timeouts(&self, url: &str) -> SqsTimeouts {
+        SqsTimeouts::from_config(&self.sdk, url)
+    }
+}
+
+/// `TABLE_NAME`: the single table every function reads and writes.
+pub fn table_name(env: &Env) -> Result<&str, ConfigError> {
+    env.required("TABLE_NAME")
+}
+
+/// `ORDERS_QUEUE_URL`: where `place-order` enqueues orders and `process-orders` consumes them.
+pub fn orders_queue_url(env: &Env) -> Result<&str, ConfigError> {
+    env.required("ORDERS_QUEUE_URL")
 }
 
 /// Default token bucket per caller on the write routes: a burst of 10 requests, then one
@@ -29,31 +156,17 @@ pub fn default_rate_limit() -> Option<TokenBucket> {
     TokenBucket::new(RATE_LIMIT_CAPACITY, RATE_LIMIT_PER_SECOND).ok()
 }
 
-/// An optional variable parsed as `T`; absent or empty means `default`.
-fn parse_var<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, BadVar>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e: T::Err| BadVar {
-            name,
-            why: e.to_string(),
-        }),
-    }
-}
-
 /// The per-caller rate limit on write routes: `RATE_LIMIT_CAPACITY` tokens (0 turns the
 /// limit off) refilled at `RATE_LIMIT_PER_SECOND`.
-pub fn rate_limit_from_env() -> Result<Option<TokenBucket>, BadVar> {
-    let capacity = parse_var("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY)?;
-    let per_second = parse_var("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND)?;
+pub fn rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
+    let capacity = env.parse("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY)?;
+    let per_second = env.parse("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND)?;
     if capacity == 0 {
         return Ok(None);
     }
     TokenBucket::new(capacity, per_second)
         .map(Some)
-        .map_err(|e| BadVar {
+        .map_err(|e| ConfigError::Invalid {
             name: "RATE_LIMIT_PER_SECOND",
             why: e.0,
         })
@@ -65,11 +178,11 @@ pub const REDRIVE_DELAY_SECONDS: u64 = 900;
 /// `REDRIVE_DELAY_SECONDS`: how long after an order `place-order`'s re-drive copy of its
 /// message arrives, 0 to 900 (SQS's limit on `DelaySeconds`). The local stack shortens it so
 /// the copies can be watched arriving.
-pub fn redrive_delay_from_env() -> Result<Duration, BadVar> {
+pub fn redrive_delay(env: &Env) -> Result<Duration, ConfigError> {
     let name = "REDRIVE_DELAY_SECONDS";
-    let seconds = parse_var(name, REDRIVE_DELAY_SECONDS)?;
+    let seconds = env.parse(name, REDRIVE_DELAY_SECONDS)?;
     if seconds > REDRIVE_DELAY_SECONDS {
-        return Err(BadVar {
+        return Err(ConfigError::Invalid {
             name,
             why: format!("{seconds} is above {REDRIVE_DELAY_SECONDS}, SQS's longest delay"),
         });
@@ -79,21 +192,21 @@ pub fn redrive_delay_from_env() -> Result<Duration, BadVar> {
 
 /// The circuit breakers' settings: `BREAKER_FAILURES` consecutive failures within
 /// `BREAKER_WINDOW_SECONDS` open a breaker for `BREAKER_COOL_DOWN_SECONDS`.
-pub fn breaker_from_env() -> Result<BreakerConfig, BadVar> {
+pub fn breakers(env: &Env) -> Result<BreakerConfig, ConfigError> {
     let d = BreakerConfig::default();
-    let failures = parse_var("BREAKER_FAILURES", d.failures)?;
+    let failures = env.parse("BREAKER_FAILURES", d.failures)?;
     if failures == 0 {
-        return Err(BadVar {
+        return Err(ConfigError::Invalid {
             name: "BREAKER_FAILURES",
             why: "must be at least 1".into(),
         });
     }
-    let seconds = |name, default: Duration| -> Result<Duration, BadVar> {
-        let s: f64 = parse_var(name, default.as_secs_f64())?;
+    let seconds = |name, default: Duration| -> Result<Duration, ConfigError> {
+        let s: f64 = env.parse(name, default.as_secs_f64())?;
         Duration::try_from_secs_f64(s)
             .ok()
             .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3_600))
-            .ok_or(BadVar {
+            .ok_or(ConfigError::Invalid {
                 name,
                 why: "must be a number of seconds above 0 and at most 3600".into(),
             })
@@ -105,43 +218,10 @@ pub fn breaker_from_env() -> Result<BreakerConfig, BadVar> {
     })
 }
 
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub table_name: String,
-    pub orders_queue_url: Option<String>,
-}
-
-fn var(name: &'static str) -> Result<String, MissingVar> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or(MissingVar(name))
-}
-
-impl Config {
-    /// `TABLE_NAME` always; `ORDERS_QUEUE_URL` when `needs_queue`.
-    pub fn from_env(needs_queue: bool) -> Result<Self, MissingVar> {
-        Ok(Self {
-            table_name: var("TABLE_NAME")?,
-            orders_queue_url: if needs_queue {
-                Some(var("ORDERS_QUEUE_URL")?)
-            } else {
-                None
-            },
-        })
-    }
-
-    pub fn queue_url(&self) -> Result<&str, MissingVar> {
-        self.orders_queue_url
-            .as_deref()
-            .ok_or(MissingVar("ORDERS_QUEUE_URL"))
-    }
-}
-
 /// `PAYMENT_TIMEOUTS_QUEUE_URL`: where `process-orders` schedules payment timeouts and
 /// `expire-orders` re-schedules those not yet due.
-pub fn payment_timeouts_queue_url() -> Result<String, MissingVar> {
-    var("PAYMENT_TIMEOUTS_QUEUE_URL")
+pub fn payment_timeouts_queue_url(env: &Env) -> Result<&str, ConfigError> {
+    env.required("PAYMENT_TIMEOUTS_QUEUE_URL")
 }
 
 /// The SDK configuration. Loading it makes no network call (credentials resolve lazily), so
@@ -174,22 +254,16 @@ mod tests {
 
     #[test]
     fn the_redrive_delay_defaults_to_sqs_longest_and_refuses_anything_past_it() {
-        // One test for the variable: tests run in parallel and share the environment.
-        let set = |v: &str| std::env::set_var("REDRIVE_DELAY_SECONDS", v);
-        set("");
+        let with = |v: &str| Env::from_iter([("REDRIVE_DELAY_SECONDS", v)]);
         assert_eq!(
-            redrive_delay_from_env().ok(),
+            redrive_delay(&with("")).ok(),
             Some(Duration::from_secs(900))
         );
-        set("3");
-        assert_eq!(redrive_delay_from_env().ok(), Some(Duration::from_secs(3)));
-        set("0");
-        assert_eq!(redrive_delay_from_env().ok(), Some(Duration::ZERO));
+        assert_eq!(redrive_delay(&with("3")).ok(), Some(Duration::from_secs(3)));
+        assert_eq!(redrive_delay(&with("0")).ok(), Some(Duration::ZERO));
         for bad in ["901", "-1", "2.5", "soon"] {
-            set(bad);
-            let e = redrive_delay_from_env().expect_err(bad);
+            let e = redrive_delay(&with(bad)).expect_err(bad);
             assert!(e.to_string().contains("REDRIVE_DELAY_SECONDS"), "{e}");
         }
-        std::env::remove_var("REDRIVE_DELAY_SECONDS");
     }
 }

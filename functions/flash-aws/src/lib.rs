@@ -12,7 +12,7 @@ pub mod sqs;
 pub mod telemetry;
 pub mod timeouts;
 
-pub use config::Config;
+pub use config::{Aws, ConfigError, Env};
 pub use dynamo::DynamoStore;
 pub use sqs::SqsQueue;
 pub use timeouts::SqsTimeouts;

@@ -1,15 +1,12 @@
-use flash_aws::{Config, DynamoStore};
+use flash_aws::{Aws, Env};
 use get_order::GetOrder;
 use lambda_http::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     flash_aws::telemetry::init();
-    let config = Config::from_env(false)?;
-    let sdk = flash_aws::config::sdk_config().await;
-    let handler = &GetOrder {
-        store: DynamoStore::from_config(&sdk, &config.table_name),
-    };
+    let aws = Aws::new(flash_aws::config::sdk_config().await);
+    let handler = &GetOrder::from_env(&aws, &Env::process())?;
     run(service_fn(|req| async move {
         Ok::<_, Error>(handler.handle(req).await)
     }))

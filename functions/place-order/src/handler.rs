@@ -18,7 +18,9 @@
 //! SQS breaker is open).
 
 use flash_aws::breaker::CircuitBreaker;
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
+use flash_aws::{DynamoStore, SqsQueue};
 use flash_domain::breaker::BreakerConfig;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::ports::{CreateOrder, Queue, Store};
@@ -54,6 +56,19 @@ pub struct PlaceOrder<S, Q> {
     redrive_after: Duration,
     dynamodb: CircuitBreaker,
     sqs: CircuitBreaker,
+}
+
+impl PlaceOrder<DynamoStore, SqsQueue> {
+    /// The deployed function from its environment: `TABLE_NAME`, `ORDERS_QUEUE_URL`, the
+    /// rate limit, the breakers and `REDRIVE_DELAY_SECONDS`. A bad setting fails start-up.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        let store = aws
+            .store(config::table_name(env)?)
+            .with_rate_limit(config::rate_limit(env)?);
+        Ok(Self::new(store, aws.queue(config::orders_queue_url(env)?))
+            .with_breakers(config::breakers(env)?)
+            .with_redrive_delay(config::redrive_delay(env)?))
+    }
 }
 
 impl<S: Store, Q: Queue> PlaceOrder<S, Q> {

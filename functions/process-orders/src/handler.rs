@@ -9,17 +9,19 @@
 //! behind. Retrying it could never change the stored order, and failing it would let any buyer
 //! fill the DLQ, whose alarm rolls deployments back.
 //!
-//! Every order the batch leaves `pending` gets its payment timeout scheduled
-//! ([`ProcessOrders::process_and_schedule`]), including orders an earlier delivery accepted:
+//! Every order the batch leaves `pending` gets its payment timeout scheduled, including orders
+//! an earlier delivery accepted:
 //! a processor that died between its commit and the scheduling is made whole by the
 //! redelivery, and a second timeout message is harmless because the timeout is conditional.
 //!
 //! The records the batch still reports failed are handed back to come again within seconds
-//! ([`ProcessOrders::process_and_hand_back`]), not after the queue's 180 s visibility timeout.
+//! (see [`flash_aws::sqs::hand_back`]), not after the queue's 180 s visibility timeout.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::telemetry::{self, Unit};
+use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{by_product, decide_group, Deadline, GroupReport};
 use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
@@ -52,37 +54,75 @@ pub struct BatchReport {
     /// The orders this batch left `pending`, newly accepted or found so: each needs its
     /// payment timeout scheduled.
     pub due: Vec<PaymentDue>,
-    /// Each record that is an order message: its message id and the order it names.
-    pub named: Vec<(String, OrderId)>,
 }
 
-pub struct ProcessOrders<S> {
+/// The records a batch reports failed, and for each order the records that carry it.
+type Decided = (Vec<String>, BatchReport, HashMap<OrderId, Vec<String>>);
+
+/// The SQS consumer of the orders queue, with the payment-timeouts queue it schedules on.
+pub struct ProcessOrders<S, T> {
     pub store: S,
+    pub timeouts: T,
 }
 
-impl<S: Store> ProcessOrders<S> {
-    /// Decides the batch without scheduling payment timeouts; the deployed function runs
-    /// [`process_and_schedule`](Self::process_and_schedule).
-    pub async fn handle(&self, event: SqsEvent, deadline: Millis) -> SqsBatchResponse {
-        self.process(event, deadline).await.0
+impl ProcessOrders<DynamoStore, SqsTimeouts> {
+    /// The deployed function from its environment: `TABLE_NAME` and
+    /// `PAYMENT_TIMEOUTS_QUEUE_URL`.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: aws.store(config::table_name(env)?),
+            timeouts: aws.timeouts(config::payment_timeouts_queue_url(env)?),
+        })
     }
+}
 
+impl<S: Store, T: PaymentTimeouts> ProcessOrders<S, T> {
+    /// The deployed function. Decides the batch, then schedules the payment timeout of every
+    /// order it left pending: a record whose order's timeout could not be scheduled is reported
+    /// failed, so SQS delivers it again and the redelivery schedules it. Each record reported
+    /// failed is handed back through `redelivery`, to come again after a backoff from its
+    /// receive count (see [`flash_aws::sqs::hand_back`]).
+    ///
     /// `deadline` is when the invocation ends (epoch ms, as Lambda's context gives it): a
     /// group that meets throttling or conflicts is retried until [`DEADLINE_MARGIN`] before it.
-    pub async fn process(
+    pub async fn handle<R: Redelivery>(
         &self,
+        redelivery: &R,
         event: SqsEvent,
         deadline: Millis,
     ) -> (SqsBatchResponse, BatchReport) {
+        let receipts = Receipts::of(&event);
+        let (mut failed, mut report, carriers) = self.decide(event, deadline).await;
+        if !report.due.is_empty() {
+            if let Err(e) = self.timeouts.schedule_timeouts(&report.due, now_ms()).await {
+                tracing::error!(
+                    error = %e.cause,
+                    orders = e.orders.len(),
+                    "payment timeouts not scheduled; their messages will be retried"
+                );
+                failed.extend(
+                    e.orders
+                        .iter()
+                        .filter_map(|id| carriers.get(id))
+                        .flatten()
+                        .cloned(),
+                );
+            }
+        }
+        let response = flash_aws::sqs::batch_response(failed);
+        report.failed = response.batch_item_failures.len();
+        hand_back(redelivery, &receipts, &response).await;
+        (response, report)
+    }
+
+    /// Decides the batch's orders, without scheduling their payment timeouts.
+    async fn decide(&self, event: SqsEvent, deadline: Millis) -> Decided {
         let mut report = BatchReport::default();
         let (messages, mut failed) = parse_records::<OrderMessage>(event, "an order");
         // order id → the records that named it, each with its own message (a batch may hold
         // duplicates, and a forged message may reuse a real order's id).
         let mut carriers: HashMap<OrderId, Vec<(String, OrderMessage)>> = HashMap::new();
         for (message_id, msg) in messages {
-            report
-                .named
-                .push((message_id.clone(), msg.order_id.clone()));
             carriers
                 .entry(msg.order_id.clone())
                 .or_default()
@@ -94,7 +134,7 @@ impl<S: Store> ProcessOrders<S> {
             Err(e) => {
                 tracing::error!(error = %e, "reading orders failed");
                 failed.extend(carriers.into_values().flatten().map(|(id, _)| id));
-                return finish(failed, report);
+                return (failed, report, HashMap::new());
             }
         };
         // Trust the stored order, and only the records that agree with it: the others are
@@ -201,61 +241,7 @@ impl<S: Store> ProcessOrders<S> {
                 }
             }
         }
-        finish(failed, report)
-    }
-}
-
-impl<S: Store> ProcessOrders<S> {
-    /// The deployed function: [`process_and_schedule`](Self::process_and_schedule), then each
-    /// record it reports failed handed back through `redelivery`, to come again after a
-    /// backoff from its receive count (see [`flash_aws::sqs::hand_back`]).
-    pub async fn process_and_hand_back<T: PaymentTimeouts, R: Redelivery>(
-        &self,
-        timeouts: &T,
-        redelivery: &R,
-        event: SqsEvent,
-        deadline: Millis,
-    ) -> (SqsBatchResponse, BatchReport) {
-        let receipts = Receipts::of(&event);
-        let (response, report) = self.process_and_schedule(timeouts, event, deadline).await;
-        hand_back(redelivery, &receipts, &response).await;
-        (response, report)
-    }
-
-    /// [`process`](Self::process), then the payment timeout of every
-    /// order the batch left pending. A record whose order's timeout could not be scheduled is
-    /// reported failed, so SQS delivers it again and the redelivery schedules it.
-    pub async fn process_and_schedule<T: PaymentTimeouts>(
-        &self,
-        timeouts: &T,
-        event: SqsEvent,
-        deadline: Millis,
-    ) -> (SqsBatchResponse, BatchReport) {
-        let (mut response, report) = self.process(event, deadline).await;
-        if report.due.is_empty() {
-            return (response, report);
-        }
-        if let Err(e) = timeouts.schedule_timeouts(&report.due, now_ms()).await {
-            tracing::error!(
-                error = %e.cause,
-                orders = e.orders.len(),
-                "payment timeouts not scheduled; their messages will be retried"
-            );
-            let mut failed: Vec<String> = response
-                .batch_item_failures
-                .drain(..)
-                .map(|f| f.item_identifier)
-                .collect();
-            failed.extend(
-                report
-                    .named
-                    .iter()
-                    .filter(|(_, id)| e.orders.contains(id))
-                    .map(|(message_id, _)| message_id.clone()),
-            );
-            return finish(failed, report);
-        }
-        (response, report)
+        (failed, report, carriers)
     }
 }
 
@@ -301,10 +287,4 @@ fn emit_metrics(group: &[Order], r: &GroupReport, now: Millis) {
         .map(|o| (now - o.created_at).max(0) as f64)
         .collect();
     telemetry::distribution("TimeToDecisionMs", &waits, Unit::Milliseconds, DIMENSIONS);
-}
-
-fn finish(failed: Vec<String>, mut report: BatchReport) -> (SqsBatchResponse, BatchReport) {
-    let resp = flash_aws::sqs::batch_response(failed);
-    report.failed = resp.batch_item_failures.len();
-    (resp, report)
 }

@@ -1,7 +1,9 @@
 //! `PUT /products/{sku}` (admin: create, or add stock and update settings; rate-limited per
 //! caller like every write route) and `GET /products/{sku}` (anyone signed in: what is left).
 
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError, Caller};
+use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
 use flash_domain::ports::{PortError, Store};
 use flash_domain::token_bucket::retry_after_secs;
@@ -11,6 +13,17 @@ use lambda_http::{Body, Request, Response};
 
 pub struct Products<S> {
     pub store: S,
+}
+
+impl Products<DynamoStore> {
+    /// The deployed function from its environment: `TABLE_NAME` and the rate limit.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: aws
+                .store(config::table_name(env)?)
+                .with_rate_limit(config::rate_limit(env)?),
+        })
+    }
 }
 
 impl<S: Store> Products<S> {

@@ -11,7 +11,9 @@
 //! never settles within the attempts is reported `unsettled` and checked again next run.
 
 use flash_aws::audit::{Audit, Ledger};
+use flash_aws::config::{self, Aws, ConfigError, Env};
 use flash_aws::telemetry::{self, Unit};
+use flash_aws::DynamoStore;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::ports::PortResult;
 use flash_domain::{OrderStatus, Sku};
@@ -56,6 +58,13 @@ pub struct ProductCheck {
 pub struct Reconcile<L> {
     pub ledger: L,
     confirm_pause: Duration,
+}
+
+impl Reconcile<DynamoStore> {
+    /// The deployed function from its environment: `TABLE_NAME`.
+    pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self::new(aws.store(config::table_name(env)?)))
+    }
 }
 
 impl<L: Ledger> Reconcile<L> {

@@ -1,13 +1,12 @@
-use flash_aws::{Config, DynamoStore};
+use flash_aws::{Aws, Env};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use reconcile::Reconcile;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     flash_aws::telemetry::init();
-    let config = Config::from_env(false)?;
-    let sdk = flash_aws::config::sdk_config().await;
-    let handler = &Reconcile::new(DynamoStore::from_config(&sdk, &config.table_name));
+    let aws = Aws::new(flash_aws::config::sdk_config().await);
+    let handler = &Reconcile::from_env(&aws, &Env::process())?;
     // The EventBridge schedule's event carries nothing the reconciler needs.
     run(service_fn(|_: LambdaEvent<serde_json::Value>| async move {
         handler.handle().await.map_err(Error::from)

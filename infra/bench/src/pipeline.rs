@@ -21,6 +21,7 @@ use local_gateway::config::GatewayConfig;
 use local_gateway::event_source::{EventSource, LONG_POLL_S};
 use local_gateway::functions::SqsFunction;
 use place_order::PlaceOrder;
+use process_orders::ProcessOrders;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -187,12 +188,17 @@ pub async fn run(
     // As deployed, process-orders also schedules each accepted order's payment timeout.
     let timeouts = flash_aws::SqsTimeouts::from_config(
         &stack.sdk,
-        flash_aws::config::payment_timeouts_queue_url()?,
+        flash_aws::config::payment_timeouts_queue_url(&flash_aws::Env::process())?,
     );
     // Failed records are handed back to the queue they came from, as deployed.
     let source = SqsQueue::from_config(&stack.sdk, &mapping.queue_url);
-    let function = SqsFunction::build("process-orders", &store, &timeouts, source)
-        .context("no local handler for process-orders")?;
+    let function = SqsFunction::ProcessOrders(
+        ProcessOrders {
+            store: store.clone(),
+            timeouts,
+        },
+        source,
+    );
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own, as in
     // the local gateway.
     let poller_client = aws_sdk_sqs::Client::from_conf(

@@ -2,6 +2,7 @@
 //! template.yaml, the only copy) and `STATE/stack.env` (the emulators' endpoints and the
 //! functions' environment).
 
+use flash_aws::Env;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ pub struct GatewayConfig {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub event_source_mappings: Vec<SqsMapping>,
+    /// Each function's `Environment.Variables` (Globals first), by logical id, resolved to the
+    /// local stack's table and queues.
+    #[serde(default)]
+    pub environments: HashMap<String, HashMap<String, String>>,
 }
 
 /// An API Gateway JWT authorizer. Locally the gateway itself is the identity provider.
@@ -125,6 +130,28 @@ impl GatewayConfig {
             }
         }
         Ok(())
+    }
+
+    /// The environment template.yaml declares for `function` (a logical id), with `knobs`
+    /// (the caller's overrides) set over it.
+    pub fn environment(
+        &self,
+        function: &str,
+        knobs: &[(String, String)],
+    ) -> Result<Env, ConfigError> {
+        let declared = self.environments.get(function).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "gateway.json has no environment for {function} (run `make up` again)"
+            ))
+        })?;
+        let mut env: Env = declared
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (key, value) in knobs {
+            env.set(key, value);
+        }
+        Ok(env)
     }
 
     /// The authorizer tokens are minted for: the one the routes use.

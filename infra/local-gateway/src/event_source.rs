@@ -342,6 +342,7 @@ fn message_attribute(v: &MessageAttributeValue) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use process_orders::ProcessOrders;
 
     fn mapping() -> SqsMapping {
         SqsMapping {
@@ -367,7 +368,7 @@ mod tests {
         let store = flash_aws::DynamoStore::from_config(&sdk, "OrdersTable");
         let timeouts = flash_aws::SqsTimeouts::from_config(&sdk, "http://127.0.0.1:1/q");
         let queue = flash_aws::SqsQueue::from_config(&sdk, "http://127.0.0.1:1/q");
-        let function = SqsFunction::build("process-orders", &store, &timeouts, queue).unwrap();
+        let function = SqsFunction::ProcessOrders(ProcessOrders { store, timeouts }, queue);
         EventSource::new(mapping(), client, Arc::new(function), "eu-west-1")
     }
 

@@ -1,11 +1,12 @@
-//! The stack's functions, in process: the same handler structs each Lambda's `main.rs` builds,
-//! with clients built once and shared. A route or event source names its function by binary
-//! (crate) name, as template.yaml's `BuildProperties.Binary` does.
+//! The stack's functions, in process: each built by the constructor its Lambda's `main.rs`
+//! calls, from the environment template.yaml declares for it, with clients built once and
+//! shared. A route or event source names its function by binary (crate) name, as
+//! template.yaml's `BuildProperties.Binary` does.
 
 use advance_order::AdvanceOrder;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use expire_orders::ExpireOrders;
-use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
+use flash_aws::{Aws, ConfigError, DynamoStore, Env, SqsQueue, SqsTimeouts};
 use flash_domain::clock::Millis;
 use get_order::GetOrder;
 use lambda_http::{Body, Request, Response};
@@ -23,24 +24,16 @@ pub enum HttpFunction {
 }
 
 impl HttpFunction {
-    /// The function for a binary name, if it is an HTTP one. `redrive_delay` is place-order's
-    /// `REDRIVE_DELAY_SECONDS`, parsed once by the caller as its `main.rs` does.
-    pub fn build(
-        binary: &str,
-        store: &DynamoStore,
-        queue: &SqsQueue,
-        redrive_delay: Duration,
-    ) -> Option<Self> {
-        let store = store.clone();
-        Some(match binary {
-            "place-order" => Self::PlaceOrder(Box::new(
-                PlaceOrder::new(store, queue.clone()).with_redrive_delay(redrive_delay),
-            )),
-            "get-order" => Self::GetOrder(GetOrder { store }),
-            "advance-order" => Self::AdvanceOrder(AdvanceOrder { store }),
-            "products" => Self::Products(Products { store }),
-            _ => return None,
-        })
+    /// The function for a binary name, if it is an HTTP one, built by the constructor its
+    /// `main.rs` calls from `env`, the environment template.yaml gives it.
+    pub fn build(binary: &str, aws: &Aws, env: &Env) -> Result<Option<Self>, ConfigError> {
+        Ok(Some(match binary {
+            "place-order" => Self::PlaceOrder(Box::new(PlaceOrder::from_env(aws, env)?)),
+            "get-order" => Self::GetOrder(GetOrder::from_env(aws, env)?),
+            "advance-order" => Self::AdvanceOrder(AdvanceOrder::from_env(aws, env)?),
+            "products" => Self::Products(Products::from_env(aws, env)?),
+            _ => return Ok(None),
+        }))
     }
 
     pub async fn invoke(&self, req: Request) -> Response<Body> {
@@ -56,35 +49,24 @@ impl HttpFunction {
 /// A function behind an SQS event source mapping, with the queue it consumes (where it hands
 /// failed records back).
 pub enum SqsFunction {
-    /// With the payment-timeouts queue it schedules on, as its `main.rs` runs it.
-    ProcessOrders(ProcessOrders<DynamoStore>, SqsTimeouts, SqsQueue),
+    ProcessOrders(ProcessOrders<DynamoStore, SqsTimeouts>, SqsQueue),
     ExpireOrders(ExpireOrders<DynamoStore, SqsTimeouts>, SqsQueue),
 }
 
 impl SqsFunction {
+    /// The function for a binary name, if it is an SQS one, built by the constructor its
+    /// `main.rs` calls from `env`, the environment template.yaml gives it.
     pub fn build(
         binary: &str,
-        store: &DynamoStore,
-        timeouts: &SqsTimeouts,
+        aws: &Aws,
+        env: &Env,
         source: SqsQueue,
-    ) -> Option<Self> {
-        match binary {
-            "process-orders" => Some(Self::ProcessOrders(
-                ProcessOrders {
-                    store: store.clone(),
-                },
-                timeouts.clone(),
-                source,
-            )),
-            "expire-orders" => Some(Self::ExpireOrders(
-                ExpireOrders {
-                    store: store.clone(),
-                    timeouts: timeouts.clone(),
-                },
-                source,
-            )),
-            _ => None,
-        }
+    ) -> Result<Option<Self>, ConfigError> {
+        Ok(Some(match binary {
+            "process-orders" => Self::ProcessOrders(ProcessOrders::from_env(aws, env)?, source),
+            "expire-orders" => Self::ExpireOrders(ExpireOrders::from_env(aws, env)?, source),
+            _ => return Ok(None),
+        }))
     }
 
     /// The function's answer, and what the batch did for the log. `deadline` (epoch ms) is
@@ -95,10 +77,8 @@ impl SqsFunction {
         deadline: Millis,
     ) -> (SqsBatchResponse, Option<BatchReport>) {
         match self {
-            Self::ProcessOrders(f, timeouts, source) => {
-                let (response, report) = f
-                    .process_and_hand_back(timeouts, source, event, deadline)
-                    .await;
+            Self::ProcessOrders(f, source) => {
+                let (response, report) = f.handle(source, event, deadline).await;
                 (response, Some(report))
             }
             // It logs what it did itself; the batch line counts messages and failures.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use aws_sim::CapacityModel;
-use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
+use flash_aws::{config, Aws, Env, SqsQueue};
 use local_gateway::config::{read_stack_env, GatewayConfig};
 use local_gateway::event_source::{EventSource, LONG_POLL_S};
 use local_gateway::functions::{HttpFunction, SqsFunction};
@@ -23,7 +23,8 @@ const USAGE: &str = "usage:
 /// `sam local start-api`'s port.
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_TTL_S: u64 = 3600;
-/// Variables whose value in the gateway's own environment wins over `stack.env`'s.
+/// Variables whose value in the gateway's own environment wins over `stack.env`'s and the
+/// template's.
 const CALLER_KNOBS: [&str; 2] = ["RUST_LOG", "REDRIVE_DELAY_SECONDS"];
 /// How long pollers may take to finish their batch in hand once shutdown begins.
 const POLLER_DRAIN: Duration = Duration::from_secs(4);
@@ -129,21 +130,22 @@ fn main() -> ExitCode {
 }
 
 fn serve(state: PathBuf, port: u16, capacity_scale: Option<f64>) -> Result<()> {
-    // The SDK and the functions' configuration read the environment: load the stack's before
-    // any thread starts. The knobs given by the caller (`make up REDRIVE_DELAY_SECONDS=3`)
-    // win over the template's values.
-    let knobs: Vec<_> = CALLER_KNOBS
+    // The SDK reads the environment: load the stack's before any thread starts. Each function
+    // gets its own environment, the template's; the knobs given by the caller
+    // (`make up REDRIVE_DELAY_SECONDS=3`) win over the template's values.
+    let knobs: Vec<(String, String)> = CALLER_KNOBS
         .iter()
         .filter_map(|k| {
-            std::env::var_os(k)
+            std::env::var(k)
+                .ok()
                 .filter(|v| !v.is_empty())
-                .map(|v| (*k, v))
+                .map(|v| (k.to_string(), v))
         })
         .collect();
     for (key, value) in read_stack_env(&state)? {
         std::env::set_var(key, value);
     }
-    for (key, value) in knobs {
+    for (key, value) in &knobs {
         std::env::set_var(key, value);
     }
     flash_aws::telemetry::init();
@@ -154,21 +156,16 @@ fn serve(state: PathBuf, port: u16, capacity_scale: Option<f64>) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(state, port, config, capacity_scale))
+        .block_on(run(state, port, config, &knobs, capacity_scale))
 }
 
 async fn run(
     state: PathBuf,
     port: u16,
     config: GatewayConfig,
+    knobs: &[(String, String)],
     capacity_scale: Option<f64>,
 ) -> Result<()> {
-    let app = flash_aws::Config::from_env(true)?;
-    let redrive_delay = flash_aws::config::redrive_delay_from_env()?;
-    tracing::info!(
-        redrive_delay_s = redrive_delay.as_secs(),
-        "place-order's re-drive copies arrive this long after their order"
-    );
     let sdk = flash_aws::config::sdk_config().await;
     // DynamoDB Local neither throttles nor raises TransactionConflict; under the capacity
     // model the functions meet both, as a sale on DynamoDB would. SQS is not modelled.
@@ -184,13 +181,25 @@ async fn run(
         None => sdk.clone(),
     };
     // `/_local/writes` reports what the functions wrote, as the bench and the demo read it.
-    let store = DynamoStore::from_config(&dynamo_sdk, &app.table_name).with_write_stats();
-    let queue = SqsQueue::from_config(&sdk, app.queue_url()?);
-    let timeouts = SqsTimeouts::from_config(&sdk, flash_aws::config::payment_timeouts_queue_url()?);
+    let aws = Aws::new(sdk.clone())
+        .with_dynamodb(dynamo_sdk)
+        .with_write_stats();
 
     let mut functions = HashMap::new();
     for route in &config.routes {
-        if let Some(function) = HttpFunction::build(&route.binary, &store, &queue, redrive_delay) {
+        if functions.contains_key(&route.binary) {
+            continue;
+        }
+        let env = config.environment(&route.function, knobs)?;
+        let built = HttpFunction::build(&route.binary, &aws, &env)
+            .with_context(|| format!("{} cannot start", route.function))?;
+        if let Some(function) = built {
+            if route.binary == "place-order" {
+                tracing::info!(
+                    redrive_delay_s = config::redrive_delay(&env)?.as_secs(),
+                    "place-order's re-drive copies arrive this long after their order"
+                );
+            }
             functions.insert(route.binary.clone(), Arc::new(function));
         }
     }
@@ -202,7 +211,10 @@ async fn run(
         &config,
         functions,
         verifiers,
-        store.stats().cloned(),
+        // The functions share one store per table, and so its write statistics.
+        aws.store(config::table_name(&Env::process())?)
+            .stats()
+            .cloned(),
     )?);
 
     // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own.
@@ -219,8 +231,10 @@ async fn run(
     let mut sources = Vec::new();
     for mapping in &config.event_source_mappings {
         let queue = SqsQueue::from_config(&sdk, &mapping.queue_url);
-        let function =
-            SqsFunction::build(&mapping.binary, &store, &timeouts, queue).with_context(|| {
+        let env = config.environment(&mapping.function, knobs)?;
+        let function = SqsFunction::build(&mapping.binary, &aws, &env, queue)
+            .with_context(|| format!("{} cannot start", mapping.function))?
+            .with_context(|| {
                 format!(
                     "no local handler for {} (binary {})",
                     mapping.function, mapping.binary
