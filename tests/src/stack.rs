@@ -115,3 +115,52 @@ pub async fn test_queue(name: &str) -> (SqsQueue, String) {
 pub fn unique_sku(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
+
+/// A queue and its DLQ as template.yaml's redrive policy has them (`max_receives` receives,
+/// then the DLQ), with a visibility timeout of `visibility_s` so a failed record comes back as
+/// soon as the test needs. Returns the queue's URL, the DLQ's URL and the queue's ARN.
+pub async fn queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_s: u32,
+    max_receives: u32,
+) -> (String, String, String) {
+    let arn = |url: String| async move {
+        sqs.get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("the queue's arn")
+    };
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .expect("CreateQueue (DLQ)")
+        .queue_url
+        .expect("a queue url");
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": arn(dlq.clone()).await,
+        "maxReceiveCount": max_receives.to_string(),
+    });
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_s.to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("a queue url");
+    let queue_arn = arn(url.clone()).await;
+    (url, dlq, queue_arn)
+}

@@ -22,41 +22,6 @@ const MAX_RECEIVES: u32 = 5;
 /// The re-drive delay under test: short, so the copies arrive during the test.
 const REDRIVE_DELAY: Duration = Duration::from_secs(2);
 
-/// An orders queue and its DLQ, with template.yaml's redrive policy and a visibility timeout
-/// of 2 s, so a record reported failed comes back, and finally moves, within seconds.
-async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .expect("CreateQueue (DLQ)")
-        .queue_url
-        .expect("a queue url");
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes
-        .and_then(|mut a| a.remove(&A::QueueArn))
-        .expect("the DLQ's arn");
-    let redrive = json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVES.to_string()});
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(A::VisibilityTimeout, "2")
-        .attributes(A::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("a queue url");
-    (url, dlq)
-}
-
 /// Messages still to be sent to a consumer: delayed ones (the re-drive copies) included.
 async fn delayed(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     sqs.get_queue_attributes()
@@ -85,7 +50,9 @@ async fn no_buyer_can_put_a_message_in_the_dlq_by_reusing_a_key_or_passing_the_l
         .await;
     assert_eq!(created.status(), 201, "{:?}", body(&created));
     let sqs = stack::sqs().await;
-    let (url, dlq) = queue_with_dlq(&sqs, &sku).await;
+    // A visibility timeout of 2 s, so a record reported failed comes back, and finally moves,
+    // within seconds.
+    let (url, dlq, _) = stack::queue_with_dlq(&sqs, &sku, 2, MAX_RECEIVES).await;
     let place = PlaceOrder::new(store.clone(), SqsQueue::new(sqs.clone(), url.clone()))
         .with_redrive_delay(REDRIVE_DELAY);
     let process = ProcessOrders {

@@ -1498,42 +1498,6 @@ async fn stack() -> Stack {
     }
 }
 
-/// An orders queue with its DLQ, as template.yaml's redrive policy has it, but a visibility
-/// timeout of 1 s so failed messages come back quickly.
-async fn live_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .expect("CreateQueue (DLQ)")
-        .queue_url
-        .expect("a queue url");
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes
-        .and_then(|mut a| a.remove(&A::QueueArn))
-        .expect("the DLQ's arn");
-    let redrive = json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVES.to_string()});
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(A::VisibilityTimeout, "1")
-        .attributes(A::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("a queue url");
-    (url, dlq)
-}
-
 /// Everything in a queue, received (and left to come back after its visibility timeout).
 async fn peek_all(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let mut all = Vec::new();
@@ -1895,9 +1859,12 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
     let faults = SdkFaults::new(rules.clone());
     let sdk = stack::faulty_sdk(&faults).await;
     let sku_text = stack::unique_sku(&format!("FAULT{i}"));
-    let (url, dlq) = live_queues(
+    // A visibility timeout of 1 s, so failed messages come back quickly.
+    let (url, dlq, _) = stack::queue_with_dlq(
         &stack.sqs,
         &format!("faults-{i}-{}", &sku_text[sku_text.len() - 8..]),
+        1,
+        MAX_RECEIVES,
     )
     .await;
     let live = Live {

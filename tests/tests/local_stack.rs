@@ -847,50 +847,6 @@ async fn once_sold_out_a_storm_of_buyers_costs_no_writes_until_a_cancel_returns_
     assert_eq!((a.available, a.units_held), (0, 10));
 }
 
-/// A queue of its own with `VisibilityTimeout` 180 s, as the stack's queues have, whose
-/// messages move to a DLQ of their own after `max_receives` receives. Returns both URLs and
-/// the queue's ARN.
-async fn queue_with_dlq(name: &str, max_receives: u32) -> (String, String, String) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let sqs = stack::sqs().await;
-    let unique = format!("{name}-{}", rand::random::<u32>());
-    let arn = |url: String| {
-        let sqs = sqs.clone();
-        async move {
-            let attrs = sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(A::QueueArn)
-                .send()
-                .await
-                .expect("GetQueueAttributes");
-            attrs.attributes.unwrap_or_default()[&A::QueueArn].clone()
-        }
-    };
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("{unique}-dlq"))
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("url");
-    let redrive =
-        json!({"deadLetterTargetArn": arn(dlq.clone()).await, "maxReceiveCount": max_receives});
-    let url = sqs
-        .create_queue()
-        .queue_name(unique)
-        .attributes(A::VisibilityTimeout, "180")
-        .attributes(A::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("url");
-    let queue_arn = arn(url.clone()).await;
-    (url, dlq, queue_arn)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_source_and_then_goes_to_the_dlq(
 ) {
@@ -901,7 +857,8 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
 
     // GIVEN a queue whose visibility timeout is 180 s and whose records go to its DLQ after
     // 2 receives, consumed by process-orders through the local event source
-    let (url, dlq, arn) = queue_with_dlq("comes-back", 2).await;
+    let name = format!("comes-back-{}", rand::random::<u32>());
+    let (url, dlq, arn) = stack::queue_with_dlq(&stack::sqs().await, &name, 180, 2).await;
     let sdk = stack::sdk().await;
     let mapping = SqsMapping {
         function: "ProcessOrdersFunction".into(),
