@@ -213,7 +213,9 @@ impl<S: Store, T: PaymentTimeouts> ExpireOrders<S, T> {
             match self.try_expire(order.clone(), now).await {
                 Err(e @ (PortError::Contention | PortError::Degraded { .. })) => {
                     let wait = jittered(RETRY_BACKOFF, RETRY_BACKOFF_CAP, attempt);
-                    if Instant::now() + wait >= deadline {
+                    // Tokio's timer fires on whole milliseconds, so a sleep may end up to
+                    // 1 ms after `wait`: keep that much clear of the deadline too.
+                    if Instant::now() + wait + Duration::from_millis(1) >= deadline {
                         tracing::error!(order_id = %order.id, error = %e, attempt, "applying the timeout failed; no time left to retry");
                         return Outcome::Failed("store unavailable");
                     }
