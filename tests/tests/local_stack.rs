@@ -851,7 +851,7 @@ async fn once_sold_out_a_storm_of_buyers_costs_no_writes_until_a_cancel_returns_
 async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_source_and_then_goes_to_the_dlq(
 ) {
     use local_gateway::config::SqsMapping;
-    use local_gateway::event_source::{EventSource, LONG_POLL_S};
+    use local_gateway::event_source::EventSource;
     use local_gateway::functions::SqsFunction;
     use std::time::Instant;
 
@@ -882,17 +882,7 @@ async fn a_record_process_orders_fails_comes_back_in_seconds_through_the_event_s
         },
         SqsQueue::from_config(&sdk, &url),
     );
-    // The pollers' long polls outlast the functions' 2 s attempt timeout, as in the gateway.
-    let poller = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(&sdk)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
-                    .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
-                    .build(),
-            )
-            .build(),
-    );
+    let poller = local_gateway::event_source::poller_client(&sdk);
     let source = Arc::new(EventSource::new(
         mapping,
         poller,

@@ -199,19 +199,7 @@ pub async fn run(
         },
         source,
     );
-    // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own, as in
-    // the local gateway.
-    let poller_client = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(&stack.sdk)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(1))
-                    .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
-                    .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
-                    .build(),
-            )
-            .build(),
-    );
+    let poller_client = local_gateway::event_source::poller_client(&stack.sdk);
     let source = Arc::new(EventSource::new(
         mapping,
         poller_client,

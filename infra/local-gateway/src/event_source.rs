@@ -26,6 +26,23 @@ const RECEIVE_MAX: usize = 10;
 /// Lambda's pollers wait 20 s; shorter here so a stopping gateway is never holding a receive
 /// whose messages would then stay invisible for the whole visibility timeout.
 pub const LONG_POLL_S: i32 = 2;
+
+/// The SQS client the pollers receive with: their long polls outlast the functions' 2 s
+/// attempt timeout (`flash_aws::config::sdk_config`), so they get timeouts of their own.
+pub fn poller_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+    let long_poll = Duration::from_secs(LONG_POLL_S as u64);
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(sdk)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(long_poll + Duration::from_secs(5))
+                    .operation_timeout(long_poll + Duration::from_secs(10))
+                    .build(),
+            )
+            .build(),
+    )
+}
 /// Lambda's limit on an invocation payload; a batch stops growing before it.
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
 /// While a batching window is open and the queue is empty, how often to look again.

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use aws_sim::CapacityModel;
 use flash_aws::{config, Aws, Env, SqsQueue};
 use local_gateway::config::{read_stack_env, GatewayConfig};
-use local_gateway::event_source::{EventSource, LONG_POLL_S};
+use local_gateway::event_source::{poller_client, EventSource};
 use local_gateway::functions::{HttpFunction, SqsFunction};
 use local_gateway::jwt::{self, Verifier};
 use local_gateway::server::{self, Gateway};
@@ -217,17 +217,7 @@ async fn run(
             .cloned(),
     )?);
 
-    // Long polls outlast the functions' 2 s attempt timeout; the pollers get their own.
-    let poll_timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .operation_attempt_timeout(Duration::from_secs(LONG_POLL_S as u64 + 5))
-        .operation_timeout(Duration::from_secs(LONG_POLL_S as u64 + 10))
-        .build();
-    let poller_client = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(&sdk)
-            .timeout_config(poll_timeouts)
-            .build(),
-    );
+    let poller_client = poller_client(&sdk);
     let mut sources = Vec::new();
     for mapping in &config.event_source_mappings {
         let queue = SqsQueue::from_config(&sdk, &mapping.queue_url);
