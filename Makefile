@@ -15,9 +15,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: tools java lint-template stack-up stack-down test demo build deploy
+.PHONY: tools java browser lint-template stack-up stack-down test demo build deploy
 
-tools: $(VENV)/.installed infra/node_modules/.package-lock.json java
+tools: $(VENV)/.installed infra/node_modules/.package-lock.json java browser
 
 # Rebuilt whenever infra/requirements.txt is newer than the last install.
 $(VENV)/.installed: infra/requirements.txt
@@ -36,6 +36,13 @@ java:
 	@command -v java >/dev/null || { \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends default-jre-headless; }
+
+# The sale page's browser test drives Debian's headless Chromium (and installs its
+# WebDriver, chromium-driver, for tools that want one). Fails loudly if apt cannot.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 lint-template: $(VENV)/.installed
 	$(VENV)/bin/sam validate --lint -t template.yaml
@@ -90,7 +97,12 @@ PORT ?= 3000
 LOCAL_BUILD := cargo build --profile local -p local-gateway -p flash-demo
 GATEWAY := target/local/local-gateway
 
-.PHONY: up down token
+.PHONY: up down token flashctl
+
+# The operator's command line: target/debug/flashctl (README, "Operating a sale"). `make test`
+# builds it too, with the rest of the workspace.
+flashctl:
+	cargo build --locked -p flashctl
 
 # DynamoDB Local, fauxqs, the tables and queues of template.yaml, and the local gateway (API
 # Gateway with its JWT authorizer, and the SQS event source) on 127.0.0.1:$(PORT). Writes
@@ -120,6 +132,7 @@ STOCK ?= 1000
 BUYERS ?= 10000
 CONCURRENCY ?= 64
 demo: up
+	@echo "live sale page: http://127.0.0.1:$(PORT)/_local/sale (local only; the product created last)"
 	status=0; ./target/local/flash-demo --state $(UP_STATE) --stock $(STOCK) --buyers $(BUYERS) \
 	  --concurrency $(CONCURRENCY) || status=$$?; \
 	$(if $(filter 1 true yes,$(KEEP)),,$(PY) infra/stack.py down --state $(UP_STATE);) exit $$status
@@ -160,13 +173,16 @@ fuzz: $(CARGO_FUZZ)
 	done; \
 	printf '\nfuzz summary (FUZZ_SECONDS=$(FUZZ_SECONDS)):\n%s' "$$summary"; exit $$status
 
-# The hot-product benchmark: one flash sale (BUYERS buyers for STOCK units of one product,
-# CONCURRENCY at a time) through version_lock, lease_lock, per_order and our pipeline, each on
-# a fresh SKU under its own instance of the capacity model at the same scale (SCALE overrides
-# the bench's default), against emulators of its own (BENCH_STATE), stopped however the run
-# ends; then each function's cold start from x86_64 release builds (the deployed target is
-# arm64). Prints the tables and writes .local/reports/bench.json. The first release build
-# takes several minutes.
+# The benchmark: one flash sale (BUYERS buyers for STOCK units of one product, CONCURRENCY at
+# a time) through version_lock, lease_lock, per_order and our pipeline, then the same buyers
+# and units as a catalog (a hot SKU and a Zipf-picked tail) through per_order and the
+# pipeline, each run on fresh SKUs under its own instance of the capacity model at the same
+# scale (SCALE overrides the bench's default), every rehearsal before every measured run
+# (MEASURE_ORDER=pipeline,per_order,... chooses the measured order), against emulators of
+# its own (BENCH_STATE), stopped however the run ends; then each function's cold start from
+# x86_64 release builds (the deployed target is arm64). Prints the tables, the cost per order
+# on AWS and the AWS projection, and writes .local/reports/bench.json. The first release
+# build takes several minutes.
 BENCH_STATE := .local/bench
 BENCH_LAMBDA_DIR := target/lambda-bench
 BENCH_FUNCTIONS := place-order process-orders get-order advance-order products expire-orders reconcile
@@ -182,6 +198,7 @@ bench: tools
 	$(PY) infra/stack.py up --state $(BENCH_STATE) >/dev/null
 	trap '$(PY) infra/stack.py down --state $(BENCH_STATE)' EXIT; \
 	status=0; ./target/local/flash-bench --state $(BENCH_STATE) --buyers $(BUYERS) \
-	  --stock $(STOCK) --concurrency $(CONCURRENCY) $(if $(SCALE),--scale $(SCALE)) || status=$$?; \
+	  --stock $(STOCK) --concurrency $(CONCURRENCY) $(if $(SCALE),--scale $(SCALE)) \
+	  $(if $(MEASURE_ORDER),--measure-order $(MEASURE_ORDER)) || status=$$?; \
 	./target/local/flash-bench --cold-start --lambda-dir $(BENCH_LAMBDA_DIR) || status=$$?; \
 	exit $$status

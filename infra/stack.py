@@ -441,8 +441,14 @@ def gateway_config(template: dict[str, Any], resources: LocalResources) -> dict[
                 arn = resolve(p["Queue"])
                 if arn not in queues_by_arn:
                     raise StackError(f"{where}: queue {arn} is not in the template")
-                scaling = resolve(p.get("ScalingConfig") or {})
-                concurrency = scaling.get("MaximumConcurrency", DEFAULT_SQS_CONCURRENCY)
+                # Standard mode (ScalingConfig) or provisioned pollers, whichever the
+                # template's conditions leave in place; locally each poller is one batch at a
+                # time, so provisioned mode runs its maximum pollers.
+                scaling = resolve(p.get("ScalingConfig") or {}) or {}
+                provisioned = resolve(p.get("ProvisionedPollerConfig") or {}) or {}
+                concurrency = provisioned.get(
+                    "MaximumPollers", scaling.get("MaximumConcurrency", DEFAULT_SQS_CONCURRENCY)
+                )
                 mappings.append({
                     "function": function,
                     "binary": binary,

@@ -150,6 +150,12 @@ def scoped_to_template_resource(value: Any, resources: dict[str, Any]) -> bool |
     if key == "Fn::Sub":
         text = arg if isinstance(arg, str) else arg[0]
         return _scoped_text(text, resources)
+    if key == "Fn::If" and isinstance(arg, list) and len(arg) == 3:
+        # Either branch may be deployed: each must pass on its own.
+        branches = [scoped_to_template_resource(branch, resources) for branch in arg[1:]]
+        if False in branches:
+            return False
+        return True if True in branches else None
     if key == "Fn::Join":
         separator, parts = arg
         text = ""

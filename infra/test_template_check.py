@@ -94,6 +94,7 @@ GOOD_FUNCTION = """\
                 - !Sub "${Table.Arn}/index/*"
                 - !Sub "arn:aws:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Table}/stream/*"
                 - !Join ["", [!GetAtt Table.Arn, "/index/*"]]
+                - !If [Restored, !Sub "arn:aws:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Name}", !GetAtt Table.Arn]
             - Effect: Allow
               Action: [xray:PutTraceSegments, xray:PutTelemetryRecords]
               Resource: "*"
@@ -148,6 +149,9 @@ BAD_FUNCTION = """\
                 - !Sub "${Table.Arn}*"
                 - !Join ["", ["arn:aws:sqs:us-east-1:", !Ref AWS::AccountId, ":*"]]
             - Effect: Allow
+              Action: dynamodb:GetItem
+              Resource: !If [Restored, !Sub "arn:aws:dynamodb:${AWS::Region}:${AWS::AccountId}:table/*", !GetAtt Table.Arn]
+            - Effect: Allow
               NotAction: iam:*
               NotResource: !GetAtt Table.Arn
   Role:
@@ -182,8 +186,9 @@ EXPECTED_BAD = [
     ("Bad Policies[5] statement 5", "wildcard resource !Sub"),
     ("Bad Policies[5] statement 6", "wildcard resource !Sub '${Table.Arn}*'"),
     ("Bad Policies[5] statement 6", "wildcard resource {'Fn::Join'"),
-    ("Bad Policies[5] statement 7", "NotAction"),
-    ("Bad Policies[5] statement 7", "NotResource"),
+    ("Bad Policies[5] statement 7", "wildcard resource {'Fn::If'"),
+    ("Bad Policies[5] statement 8", "NotAction"),
+    ("Bad Policies[5] statement 8", "NotResource"),
     ("Role Policies[0] statement 1", "wildcard action 's3:*'"),
     ("Role Policies[0] statement 1", "wildcard resource '*'"),
     ("Role ManagedPolicyArns[0]", "managed policy PowerUserAccess is broader than needed"),

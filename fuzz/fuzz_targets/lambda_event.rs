@@ -32,15 +32,15 @@ fuzz_target!(|data: &[u8]| {
         let again = || parse_event(text).expect("parsed once already");
         check_response(
             PlaceOrder::new(store.clone(), queue.clone())
+                .with_rate_limit(store.clone())
                 .handle(again())
                 .await,
         );
         check_response(
-            Products {
-                store: store.clone(),
-            }
-            .handle(again())
-            .await,
+            Products::new(store.clone())
+                .with_rate_limit(store.clone())
+                .handle(again())
+                .await,
         );
         check_response(
             GetOrder {
@@ -49,6 +49,11 @@ fuzz_target!(|data: &[u8]| {
             .handle(again())
             .await,
         );
-        check_response(AdvanceOrder { store }.handle(req).await);
+        check_response(
+            AdvanceOrder::new(store.clone())
+                .with_rate_limit(store)
+                .handle(req)
+                .await,
+        );
     });
 });

@@ -6,9 +6,9 @@
 
 #![no_main]
 
-use flash_aws::http::{json_body, ApiError, MAX_BODY_BYTES};
+use flash_aws::http::{json_body, ApiError, OrderRequest, MAX_BODY_BYTES};
 use flash_domain::product::{MAX_SHARDS, MAX_STOCK};
-use flash_domain::{OrderRequest, ProductSpec, Quantity, Sku};
+use flash_domain::{ProductSpec, Quantity, Sku};
 use flash_fuzz::{check_error, place_order_request, Encoding};
 use lambda_http::Request;
 use libfuzzer_sys::fuzz_target;

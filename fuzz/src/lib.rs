@@ -4,12 +4,10 @@
 //! that names nothing internal).
 
 use flash_aws::http::ApiError;
-use flash_domain::clock::now_ms;
-use flash_domain::order::ShardTake;
-use flash_domain::{
-    Order, OrderId, OrderMessage, OrderRequest, OrderStatus, ProductSpec, Quantity, Sku, UserId,
-};
+use flash_domain::{OrderId, OrderMessage, OrderStatus, ProductSpec, Sku, UserId};
 use flash_tests::fake::{FakeQueue, FakeStore};
+use flash_tests::given::stored_order;
+use flash_tests::response::INTERNAL_NAMES;
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 use std::cell::Cell;
@@ -22,18 +20,6 @@ pub const FIXTURE_ORDER_ID: &str = "0123456789abcdef0123456789abcdef";
 pub const FIXTURE_QUEUED_ID: &str = "7c9e6679f4a84a5b9c6b0f3e1d2a4b5c";
 /// The caller of the API fixtures.
 pub const FIXTURE_USER: &str = "user-alice";
-
-/// Words that would mean an error message leaks the implementation.
-const INTERNAL_NAMES: &[&str] = &[
-    "OrderRequest",
-    "ProductSpec",
-    "NoFields",
-    "flash_",
-    "struct ",
-    "panicked",
-    ".rs:",
-    "serde",
-];
 
 /// How the body travels in the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,16 +169,18 @@ impl World {
         let (product, stock) = spec.into_product(sku.clone()).expect("a valid product");
         store.seed_product(product, stock);
         let owner = UserId::parse(FIXTURE_USER).expect("a valid user");
-        let pending = order(
+        let pending = stored_order(
             OrderId::parse(FIXTURE_ORDER_ID).expect("a valid id"),
-            &owner,
+            owner.clone(),
             OrderStatus::Pending,
+            None,
         );
         store.seed_order(pending);
-        let queued = order(
+        let queued = stored_order(
             OrderId::parse(FIXTURE_QUEUED_ID).expect("a valid id"),
-            &owner,
+            owner.clone(),
             OrderStatus::Queued,
+            None,
         );
         let message = OrderMessage {
             order_id: queued.id.clone(),
@@ -212,32 +200,5 @@ impl World {
 impl Default for World {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// One unit of SKU-1 for `owner`, in `status`.
-fn order(id: OrderId, owner: &UserId, status: OrderStatus) -> Order {
-    let now = now_ms();
-    let request = OrderRequest {
-        sku: Sku::parse("SKU-1").expect("a valid sku"),
-        quantity: Quantity::new(1).expect("a valid quantity"),
-    };
-    Order {
-        id,
-        owner: owner.clone(),
-        sku: request.sku.clone(),
-        quantity: request.quantity,
-        status,
-        reason: None,
-        created_at: now,
-        updated_at: now,
-        expires_at: (status == OrderStatus::Pending).then_some(now + 900_000),
-        fingerprint: request.fingerprint(),
-        takes: if status.holds_stock() {
-            vec![ShardTake { shard: 0, units: 1 }]
-        } else {
-            Vec::new()
-        },
-        counted: false,
     }
 }

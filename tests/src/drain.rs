@@ -1,14 +1,15 @@
-//! Drains a queue through the `process-orders` handler the way the SQS event source mapping
-//! does: batches gathered from several receives, only the messages the handler reports as
+//! Drains a queue through the `process-orders` (or `expire-orders`) handler the way the SQS
+//! event source mapping does: batches gathered from several receives, only the messages the handler reports as
 //! succeeded are deleted, and failed ones come back after their visibility timeout.
 
 use crate::fixtures::sqs_event;
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
 use aws_sdk_sqs::Client;
-use flash_domain::expiry::PaymentTimeouts;
-use flash_domain::ports::Store;
-use process_orders::ProcessOrders;
+use expire_orders::ExpireOrders;
+use flash_domain::limits::SQS_MAX_BATCH_ENTRIES;
+use flash_domain::ports::{PaymentTimeouts, Store};
+use process_orders::{BatchReport, ProcessOrders};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,17 @@ pub struct DrainStats {
     pub accepted: usize,
     pub rejected: usize,
     pub transactions: usize,
+}
+
+impl DrainStats {
+    fn add(&mut self, o: &DrainStats) {
+        self.batches += o.batches;
+        self.messages += o.messages;
+        self.failures += o.failures;
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.transactions += o.transactions;
+    }
 }
 
 /// Receives up to `batch_size` messages (several receives of at most 10).
@@ -59,7 +71,7 @@ pub async fn receive_batch(sqs: &Client, url: &str, batch_size: usize) -> Vec<Me
 }
 
 pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
-    for chunk in msgs.chunks(10) {
+    for chunk in msgs.chunks(SQS_MAX_BATCH_ENTRIES) {
         let entries = chunk
             .iter()
             .enumerate()
@@ -80,26 +92,36 @@ pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
     }
 }
 
-/// Whether the queue holds no message, visible or in flight (a missing count is not zero).
-pub async fn queue_empty(sqs: &Client, url: &str) -> bool {
+/// The messages in the queue counted by `counts` (`ApproximateNumberOfMessages...`), summed; a
+/// count the queue does not give is taken as one, not zero.
+pub async fn queue_count(sqs: &Client, url: &str, counts: &[QueueAttributeName]) -> u64 {
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .set_attribute_names(Some(counts.to_vec()))
         .send()
         .await
         .expect("GetQueueAttributes")
         .attributes
         .unwrap_or_default();
-    let count = |k: QueueAttributeName| {
-        attrs
-            .get(&k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1)
-    };
-    count(QueueAttributeName::ApproximateNumberOfMessages) == 0
-        && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0
+    counts
+        .iter()
+        .map(|k| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+        })
+        .sum()
+}
+
+/// Whether the queue holds no message, visible or in flight (a missing count is not zero).
+pub async fn queue_empty(sqs: &Client, url: &str) -> bool {
+    let counts = [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ];
+    queue_count(sqs, url, &counts).await == 0
 }
 
 /// Runs `consumers` concurrent pollers until the queue is empty or `deadline` passes.
@@ -111,6 +133,55 @@ pub async fn drain<S: Store, T: PaymentTimeouts>(
     batch_size: usize,
     deadline: Duration,
 ) -> DrainStats {
+    drain_with(sqs, url, consumers, batch_size, deadline, |event| async {
+        let (resp, report) = invoke(handler, event).await;
+        let stats = DrainStats {
+            accepted: report.accepted,
+            rejected: report.rejected,
+            transactions: report.transactions,
+            ..DrainStats::default()
+        };
+        (resp, stats)
+    })
+    .await
+}
+
+/// As [`drain`], for the payment-timeouts queue through `expire-orders`: `accepted` counts the
+/// orders it expired, `rejected` the ones it found settled.
+pub async fn drain_timeouts<S: Store, T: PaymentTimeouts>(
+    handler: &ExpireOrders<S, T>,
+    sqs: &Client,
+    url: &str,
+    consumers: usize,
+    batch_size: usize,
+    deadline: Duration,
+) -> DrainStats {
+    drain_with(sqs, url, consumers, batch_size, deadline, |event| async {
+        let (resp, report) = handler.process(event).await;
+        let stats = DrainStats {
+            accepted: report.expired,
+            rejected: report.settled,
+            ..DrainStats::default()
+        };
+        (resp, stats)
+    })
+    .await
+}
+
+/// The event source's loop: receive a batch, hand it to `handle`, delete what it did not report
+/// failed.
+async fn drain_with<F, Fut>(
+    sqs: &Client,
+    url: &str,
+    consumers: usize,
+    batch_size: usize,
+    deadline: Duration,
+    handle: F,
+) -> DrainStats
+where
+    F: Fn(SqsEvent) -> Fut,
+    Fut: std::future::Future<Output = (SqsBatchResponse, DrainStats)>,
+{
     let until = Instant::now() + deadline;
     let workers = (0..consumers).map(|_| async {
         let mut stats = DrainStats::default();
@@ -123,14 +194,7 @@ pub async fn drain<S: Store, T: PaymentTimeouts>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let event = received_event(&msgs);
-            let (resp, report) = handler
-                .handle(
-                    &crate::fake::FakeRedelivery::default(),
-                    event,
-                    crate::fixtures::invocation_deadline(),
-                )
-                .await;
+            let (resp, counted) = handle(received_event(&msgs)).await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures
                 .iter()
@@ -141,23 +205,33 @@ pub async fn drain<S: Store, T: PaymentTimeouts>(
                 .filter(|m| !failed.contains(m.message_id().unwrap_or_default()))
                 .collect();
             delete(sqs, url, &done).await;
-            stats.batches += 1;
-            stats.messages += msgs.len();
-            stats.failures += failed.len();
-            stats.accepted += report.accepted;
-            stats.rejected += report.rejected;
-            stats.transactions += report.transactions;
+            stats.add(&DrainStats {
+                batches: 1,
+                messages: msgs.len(),
+                failures: failed.len(),
+                ..counted
+            });
         }
         stats
     });
     let all = futures::future::join_all(workers).await;
     all.into_iter().fold(DrainStats::default(), |mut a, s| {
-        a.batches += s.batches;
-        a.messages += s.messages;
-        a.failures += s.failures;
-        a.accepted += s.accepted;
-        a.rejected += s.rejected;
-        a.transactions += s.transactions;
+        a.add(&s);
         a
     })
+}
+
+/// One invocation of `handler` on `event`, as the event source makes it: starting now, with
+/// its timeout ahead, and the records it hands back only recorded (the caller plays SQS).
+pub async fn invoke<S: Store, T: PaymentTimeouts>(
+    handler: &ProcessOrders<S, T>,
+    event: SqsEvent,
+) -> (SqsBatchResponse, BatchReport) {
+    handler
+        .handle(
+            &crate::fake::FakeRedelivery::default(),
+            event,
+            crate::fixtures::invocation_deadline(),
+        )
+        .await
 }

@@ -12,13 +12,17 @@
 //! invocations: before each call it yields a seeded number of times, so on a single-threaded
 //! runtime every run of a seed takes the same interleaving, and different seeds take others.
 
+use crate::fixtures::Req;
+use crate::response::parts;
+use advance_order::AdvanceOrder;
 use flash_domain::clock::Millis;
-use flash_domain::expiry::{PaymentDue, PaymentTimeouts, Unscheduled};
+use flash_domain::expiry::PaymentDue;
 use flash_domain::order::Transition;
 use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, ShardStock, Store,
+    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PaymentTimeouts, PortError, PortResult,
+    ProductWrite, Queue, RateLimit, ShardStock, Store, Unlimited, Unscheduled,
 };
-use flash_domain::{Order, OrderId, OrderMessage, Product, Reason, Sku, UserId};
+use flash_domain::{Order, OrderId, OrderMessage, Product, ProductPut, Reason, Sku, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeSet, HashMap};
@@ -210,6 +214,23 @@ impl Invocation {
         }
     }
 
+    /// `who` asks `advance-order` for `action` on `id`, in this invocation over `store` (with no
+    /// rate limit): the answer's status and body.
+    pub async fn advance<S: Store>(
+        &self,
+        store: S,
+        who: &str,
+        admin: bool,
+        id: &OrderId,
+        action: &str,
+    ) -> (u16, serde_json::Value) {
+        let h = AdvanceOrder::new(self.wrap(store)).with_rate_limit(self.wrap(Unlimited));
+        let resp = h
+            .handle(Req::advance(who, admin, id.as_str(), action).build())
+            .await;
+        parts(resp)
+    }
+
     /// The function died at a failpoint: its answer never reached anyone.
     pub fn crashed(&self) -> bool {
         self.inner.crashed.load(Ordering::SeqCst)
@@ -297,18 +318,26 @@ impl<S: Store> Store for Faulty<S> {
         self.step("get_product", self.inner.get_product(sku)).await
     }
 
-    async fn create_product(&self, product: &Product, stock: &[(u32, u64)]) -> PortResult<bool> {
-        self.step("create_product", self.inner.create_product(product, stock))
-            .await
+    async fn create_product(
+        &self,
+        product: &Product,
+        stock: &[(u32, u64)],
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        self.step(
+            "create_product",
+            self.inner.create_product(product, stock, key),
+        )
+        .await
     }
 
     async fn add_stock(
         &self,
-        product: &Product,
-        added: u64,
+        put: &ProductPut,
         stock: &[(u32, u64)],
-    ) -> PortResult<bool> {
-        self.step("add_stock", self.inner.add_stock(product, added, stock))
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        self.step("add_stock", self.inner.add_stock(put, stock, key))
             .await
     }
 
@@ -403,7 +432,9 @@ impl<S: Store> Store for Faulty<S> {
         })
         .await
     }
+}
 
+impl<R: RateLimit> RateLimit for Faulty<R> {
     async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
         self.step("take_token", self.inner.take_token(caller, now))
             .await

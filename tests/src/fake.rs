@@ -8,20 +8,22 @@ use crate::fixtures::sqs_event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use flash_aws::dynamo::keys;
 use flash_domain::clock::Millis;
+use flash_domain::invariant_check::Admissions;
+use flash_domain::limits::TRANSACT_WRITE_MAX_ITEMS;
 use flash_domain::order::Transition;
 use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, Queue, Redelivery,
-    ShardStock, Store,
+    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PortError, PortResult, ProductWrite,
+    Queue, RateLimit, Redelivery, ShardStock, Store,
 };
+use flash_domain::product::{Change, DEFAULT_PAYMENT_WINDOW_SECONDS};
 use flash_domain::token_bucket::{micros, TokenBucket};
-use flash_domain::{Order, OrderId, OrderMessage, OrderStatus, Product, Reason, Sku, UserId};
+use flash_domain::{
+    Order, OrderId, OrderMessage, OrderStatus, Product, ProductPut, Reason, Sku, UserId,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// DynamoDB's cap on items in one `TransactWriteItems`; the real table refuses more.
-const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// Everything the table holds, one map per item kind of the single-table layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub struct State {
     pub admitted_orders: BTreeSet<OrderId>,
     /// `tat` of each caller's rate-limit bucket item.
     pub rate: BTreeMap<UserId, i64>,
+    /// The record of each admin `Idempotency-Key` that came with a product write.
+    pub restock_keys: BTreeMap<String, KeyRecord>,
 }
 
 impl State {
@@ -54,8 +58,8 @@ impl State {
     }
 
     /// The admission counts of `sku` and the orders counted in them, in the audit's terms.
-    pub fn admissions(&self, sku: &Sku) -> flash_aws::audit::Admissions {
-        flash_aws::audit::Admissions {
+    pub fn admissions(&self, sku: &Sku) -> Admissions {
+        Admissions {
             counts: self
                 .admitted
                 .iter()
@@ -75,7 +79,7 @@ impl State {
 /// Fails the next `n` calls (of one operation, or of any); the `degraded` ones as a throttled
 /// or timed-out dependency would, the others as one that refused the request.
 #[derive(Default)]
-struct Faults {
+pub struct Faults {
     any: AtomicUsize,
     by_op: Mutex<HashMap<&'static str, usize>>,
     degraded: AtomicUsize,
@@ -118,6 +122,40 @@ impl Faults {
     }
 }
 
+/// The faults a fake can be told to inject, the same for the store and the queue.
+pub trait InjectFaults {
+    fn faults(&self) -> &Faults;
+
+    /// The next `n` calls, whatever they are, fail as an unavailable dependency.
+    fn fail(&self, n: usize) {
+        self.faults().any.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls fail as DynamoDB or SQS throttling or timing out would
+    /// ([`PortError::Degraded`], what a circuit breaker counts).
+    fn throttle(&self, n: usize) {
+        self.faults().degraded.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of one operation (`"create_order"`, `"commit"`, ... as named by the
+    /// [`Store`] method; `"send"` or `"send_later"` on the queue) fail; other operations still
+    /// work.
+    fn fail_on(&self, op: &'static str, n: usize) {
+        lock(&self.faults().by_op).insert(op, n);
+    }
+
+    /// The next `n` calls of one operation fail as throttling would; other operations still
+    /// work.
+    fn throttle_on(&self, op: &'static str, n: usize) {
+        lock(&self.faults().degraded_by_op).insert(op, n);
+    }
+}
+
+/// The guarded value, even when a panicking test poisoned the lock.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Default)]
 struct StoreInner {
     state: Mutex<State>,
@@ -133,35 +171,19 @@ pub struct FakeStore {
     inner: Arc<StoreInner>,
 }
 
+impl InjectFaults for FakeStore {
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+}
+
 impl FakeStore {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The next `n` store calls, whatever they are, fail as an unavailable dependency.
-    pub fn fail(&self, n: usize) {
-        self.inner.faults.any.store(n, Ordering::SeqCst);
-    }
-
-    /// The next `n` store calls fail as DynamoDB throttling or timing out would
-    /// ([`PortError::Degraded`], what a circuit breaker counts).
-    pub fn throttle(&self, n: usize) {
-        self.inner.faults.degraded.store(n, Ordering::SeqCst);
-    }
-
-    /// The next `n` calls of one operation fail as DynamoDB throttling would; other operations
-    /// still work.
-    pub fn throttle_on(&self, op: &'static str, n: usize) {
-        let mut map = self
-            .inner
-            .faults
-            .degraded_by_op
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.insert(op, n);
-    }
-
-    /// Rate-limits callers with `bucket` from now on (`None`, the default: no limit).
+    /// Rate-limits callers with `bucket` from now on (`None`, the default: no limit), when
+    /// the store is a handler's rate limit too.
     pub fn set_rate_limit(&self, bucket: Option<TokenBucket>) {
         *self
             .inner
@@ -177,18 +199,6 @@ impl FakeStore {
             .get(&(sku.clone(), user.clone()))
             .copied()
             .unwrap_or(0)
-    }
-
-    /// The next `n` calls of one operation (`"create_order"`, `"commit"`, ... as named by the
-    /// [`Store`] method) fail; other operations still work.
-    pub fn fail_on(&self, op: &'static str, n: usize) {
-        let mut map = self
-            .inner
-            .faults
-            .by_op
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.insert(op, n);
     }
 
     /// How many store calls were made, failed ones included.
@@ -249,6 +259,13 @@ impl FakeStore {
         self.state().orders.insert(order.id.clone(), order);
     }
 
+    /// Overwrites the admission count of (`sku`, `user`), as a write no order explains would.
+    pub fn set_admitted(&self, sku: &Sku, user: &UserId, admitted: i64) {
+        self.state()
+            .admitted
+            .insert((sku.clone(), user.clone()), admitted);
+    }
+
     /// Changes a stored product in place (e.g. to close its sale window).
     pub fn edit_product(&self, sku: &Sku, edit: impl FnOnce(&mut Product)) {
         if let Some(p) = self.state().products.get_mut(sku) {
@@ -273,7 +290,7 @@ impl FakeStore {
 /// adapter reports that as an SDK error, i.e. unavailable.
 fn check_transaction(op: &'static str, keys: &[String]) -> PortResult<()> {
     let unique: HashSet<&String> = keys.iter().collect();
-    if keys.is_empty() || keys.len() > MAX_TRANSACTION_ITEMS || unique.len() != keys.len() {
+    if keys.is_empty() || keys.len() > TRANSACT_WRITE_MAX_ITEMS || unique.len() != keys.len() {
         return Err(PortError::unavailable(
             op,
             format!(
@@ -291,14 +308,23 @@ impl Store for FakeStore {
         Ok(st.products.get(sku).cloned())
     }
 
-    async fn create_product(&self, product: &Product, stock: &[(u32, u64)]) -> PortResult<bool> {
+    async fn create_product(
+        &self,
+        product: &Product,
+        stock: &[(u32, u64)],
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
         let mut st = self.enter("create_product")?;
         let sku = &product.sku;
-        // One put per shard, each `attribute_not_exists(pk)`, like the product item itself.
+        // The key's record first, then one put per shard, each `attribute_not_exists(pk)`,
+        // like the product item itself.
+        if let Some(earlier) = key.and_then(|k| st.restock_keys.get(&k.id)) {
+            return Ok(ProductWrite::KeyUsed(earlier.clone()));
+        }
         if st.products.contains_key(sku)
             || (0..product.shards).any(|i| st.shards.contains_key(&(sku.clone(), i)))
         {
-            return Ok(false);
+            return Ok(ProductWrite::Raced);
         }
         for shard in 0..product.shards {
             let units = stock
@@ -308,37 +334,64 @@ impl Store for FakeStore {
             st.shards.insert((sku.clone(), shard), units);
         }
         st.products.insert(sku.clone(), product.clone());
-        Ok(true)
+        if let Some(key) = key {
+            st.restock_keys.insert(key.id.clone(), key.clone());
+        }
+        Ok(ProductWrite::Written)
     }
 
     async fn add_stock(
         &self,
-        product: &Product,
-        added: u64,
+        put: &ProductPut,
         stock: &[(u32, u64)],
-    ) -> PortResult<bool> {
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
         let mut st = self.enter("add_stock")?;
-        let keys: Vec<String> = std::iter::once(keys::META.to_owned())
+        let keys: Vec<String> = key
+            .map(|_| keys::RESTOCK_SK.to_owned())
+            .into_iter()
+            .chain(std::iter::once(keys::META.to_owned()))
             .chain(stock.iter().map(|(s, _)| keys::shard_sk(*s)))
             .collect();
         check_transaction("add_stock", &keys)?;
-        let sku = &product.sku;
+        if let Some(earlier) = key.and_then(|k| st.restock_keys.get(&k.id)) {
+            return Ok(ProductWrite::KeyUsed(earlier.clone()));
+        }
+        let sku = &put.sku;
         let Some(meta) = st.products.get_mut(sku) else {
-            return Ok(false);
+            return Ok(ProductWrite::Raced);
         };
-        // The adapter sets the settings and adds to stock_added; the shard count never changes.
-        meta.name.clone_from(&product.name);
-        meta.payment_window_seconds = product.payment_window_seconds;
-        meta.per_user_limit = product.per_user_limit;
-        meta.sale_starts_at = product.sale_starts_at;
-        meta.sale_ends_at = product.sale_ends_at;
-        meta.stock_added += added;
+        // The adapter's conditions: a window bound the request keeps still fits the one it
+        // sets.
+        let s = put.settings;
+        let fits = match (s.sale_starts_at, s.sale_ends_at) {
+            (Change::Set(start), Change::Keep) => meta.sale_ends_at.is_none_or(|e| e > start),
+            (Change::Keep, Change::Set(end)) => meta.sale_starts_at.is_none_or(|b| b < end),
+            _ => true,
+        };
+        if !fits {
+            return Ok(ProductWrite::Raced);
+        }
+        // It sets the name and the settings named, adds to stock_added; the shard count
+        // never changes.
+        meta.name.clone_from(&put.name);
+        meta.per_user_limit = s.per_user_limit.apply(meta.per_user_limit);
+        meta.sale_starts_at = s.sale_starts_at.apply(meta.sale_starts_at);
+        meta.sale_ends_at = s.sale_ends_at.apply(meta.sale_ends_at);
+        meta.payment_window_seconds = s
+            .payment_window_seconds
+            .apply(Some(meta.payment_window_seconds))
+            .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS);
+        meta.stock_added += put.stock;
         meta.sold_out = false;
         meta.restocks += 1;
         for &(shard, units) in stock {
             *st.shards.entry((sku.clone(), shard)).or_default() += units;
         }
-        Ok(true)
+        if let Some(key) = key {
+            st.restock_keys.insert(key.id.clone(), key.clone());
+        }
+        Ok(ProductWrite::Written)
     }
 
     async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
@@ -602,7 +655,10 @@ impl Store for FakeStore {
         updated.apply(t, now);
         Ok(Advance::Done(updated))
     }
+}
 
+/// The rate-limit buckets are items of the same table, as `DynamoRateLimit` keeps them.
+impl RateLimit for FakeStore {
     async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
         let bucket = *self
             .inner
@@ -640,16 +696,6 @@ impl FakeQueue {
         Self::default()
     }
 
-    /// The next `n` sends fail as an unavailable dependency.
-    pub fn fail(&self, n: usize) {
-        self.inner.faults.any.store(n, Ordering::SeqCst);
-    }
-
-    /// The next `n` sends fail as SQS throttling or timing out would.
-    pub fn throttle(&self, n: usize) {
-        self.inner.faults.degraded.store(n, Ordering::SeqCst);
-    }
-
     /// How many sends were tried, failed ones included.
     pub fn calls(&self) -> usize {
         self.inner.calls.load(Ordering::SeqCst)
@@ -684,16 +730,11 @@ impl FakeQueue {
     pub fn take_later(&self) -> Vec<(OrderMessage, Duration)> {
         std::mem::take(&mut *self.inner.later.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
 
-    /// The next `n` calls of `op` (`send` or `send_later`) fail; other sends still work.
-    pub fn fail_on(&self, op: &'static str, n: usize) {
-        let mut by_op = self
-            .inner
-            .faults
-            .by_op
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        by_op.insert(op, n);
+impl InjectFaults for FakeQueue {
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 }
 

@@ -4,11 +4,13 @@
 
 use crate::fake::FakeStore;
 use crate::fixtures::sqs_event;
-use crate::invariants::audit_state;
+use crate::invariants::holdings;
 use aws_lambda_events::event::sqs::SqsEvent;
-use flash_aws::audit::{Audit, Ledger};
 use flash_domain::clock::Millis;
-use flash_domain::expiry::{PaymentDue, PaymentTimeouts, TimeoutMessage, Unscheduled};
+use flash_domain::expiry::{PaymentDue, TimeoutMessage};
+use flash_domain::invariant_check::{check_at, Audit, Deadlines, Tally};
+use flash_domain::ports::Ledger;
+use flash_domain::ports::{PaymentTimeouts, Unscheduled};
 use flash_domain::ports::{PortError, PortResult};
 use flash_domain::{OrderId, Sku};
 use std::collections::BTreeSet;
@@ -119,9 +121,11 @@ impl PaymentTimeouts for FakeTimeouts {
     }
 }
 
-/// The in-memory table is always settled: nothing moves while one call holds its lock.
+/// The in-memory table is always settled: nothing moves while one call holds its lock. The
+/// first pass feeds the same streaming [`Tally`] the DynamoDB pass does; the re-read judges
+/// the product whole, admission counts included, as the adapter's does.
 impl Ledger for FakeStore {
-    async fn audit_all(&self) -> PortResult<Vec<Audit>> {
+    async fn tally_all(&self, deadlines: &Deadlines) -> PortResult<Vec<Audit>> {
         let state = self.snapshot();
         let skus: BTreeSet<Sku> = state
             .products
@@ -129,10 +133,36 @@ impl Ledger for FakeStore {
             .cloned()
             .chain(state.orders.values().map(|o| o.sku.clone()))
             .collect();
-        Ok(skus.iter().map(|sku| audit_state(&state, sku)).collect())
+        Ok(skus
+            .iter()
+            .map(|sku| {
+                let h = holdings(&state, sku);
+                let mut t = Tally::new(sku.as_str(), *deadlines);
+                if state.products.contains_key(sku) {
+                    t.product(h.stock_added, h.per_user_limit);
+                }
+                h.shards.iter().for_each(|s| t.shard(*s));
+                h.counters.iter().for_each(|(u, n)| t.counter(u, *n));
+                let admissions = state.admissions(sku);
+                admissions
+                    .counts
+                    .iter()
+                    .for_each(|(u, n)| t.admission(u, *n));
+                for o in &h.orders {
+                    t.order(o, admissions.orders.contains(&o.id));
+                }
+                t.finish()
+            })
+            .collect())
     }
 
-    async fn audit_settled(&self, sku: &Sku) -> PortResult<Option<Audit>> {
-        Ok(Some(audit_state(&self.snapshot(), sku)))
+    async fn audit_settled(&self, sku: &Sku, deadlines: &Deadlines) -> PortResult<Option<Audit>> {
+        let state = self.snapshot();
+        let h = holdings(&state, sku);
+        let limit = h.per_user_limit;
+        let mut a = check_at(sku, h, Some(deadlines));
+        let admissions = state.admissions(sku).check(&a, limit);
+        a.violations.extend(admissions);
+        Ok(Some(a))
     }
 }

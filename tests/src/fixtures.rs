@@ -139,6 +139,15 @@ impl Req {
 /// An SQS event in the shape of `events/process-orders.json` carrying these (message id,
 /// body) pairs.
 pub fn sqs_event(messages: &[(String, String)]) -> SqsEvent {
+    let records: Vec<(String, Option<String>)> = messages
+        .iter()
+        .map(|(id, body)| (id.clone(), Some(body.clone())))
+        .collect();
+    sqs_records(&records)
+}
+
+/// [`sqs_event`] of (message id, body) records where `None` is a record without a body.
+pub fn sqs_records(messages: &[(String, Option<String>)]) -> SqsEvent {
     let mut e = event("process-orders");
     let template = e["Records"][0].clone();
     e["Records"] = messages

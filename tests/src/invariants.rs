@@ -1,12 +1,12 @@
 //! The invariant checker for the fault suite: the table's invariants, judged by the same rules
-//! as `flash_aws::audit` (for the in-memory store too), and the ledger of the changes the
+//! as `flash_domain::invariant_check` (for the in-memory store too), and the ledger of the changes the
 //! functions made (from [`crate::failpoint::Tracer`]), replayed order by order: created once,
 //! one deduction, at most one restore and one payment, every change from the status the order
 //! was in.
 
 use crate::failpoint::Entry;
 use crate::fake::State;
-use flash_aws::audit::{check, Audit, Holdings};
+use flash_domain::invariant_check::{check, Audit, Holdings};
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
 use std::collections::{BTreeMap, HashMap};
 

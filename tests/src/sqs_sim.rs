@@ -8,7 +8,8 @@
 
 use crate::fake::{message_body, FakeQueue};
 use flash_domain::clock::Millis;
-use flash_domain::expiry::{PaymentDue, PaymentTimeouts, TimeoutMessage, Unscheduled};
+use flash_domain::expiry::{PaymentDue, TimeoutMessage};
+use flash_domain::ports::{PaymentTimeouts, Unscheduled};
 use rand::Rng;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

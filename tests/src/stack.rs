@@ -2,12 +2,17 @@
 //! `make test` (`infra/stack.py up`), which writes their endpoints to a `stack.env` file.
 //! Without it these tests fail loudly; they never skip.
 
+use crate::fixtures::{json_body, Req};
 use aws_sdk_sqs::types::QueueAttributeName;
+use flash_aws::dynamo::{DynamoRateLimit, RateHints};
 use flash_aws::{DynamoStore, SqsQueue};
+use place_order::PlaceOrder;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
 
-fn env_file() -> std::path::PathBuf {
+/// The local stack's `stack.env` (`STACK_ENV`, or `make test`'s).
+pub fn env_file() -> std::path::PathBuf {
     match std::env::var("STACK_ENV") {
         Ok(p) => p.into(),
         Err(_) => {
@@ -77,17 +82,17 @@ pub async fn faulty_sdk(faults: &crate::sdk_faults::SdkFaults) -> aws_config::Sd
         .build()
 }
 
-/// The store the scenarios use, without the per-caller rate limit: they send many requests
-/// as one caller (an admin cancelling 40 orders at once); the rate limit has scenarios of its
-/// own ([`rate_limited_store`]).
+/// The store the scenarios use. Their handlers take no per-caller rate limit: they send many
+/// requests as one caller (an admin cancelling 40 orders at once); the rate limit has
+/// scenarios of its own ([`rate_limit`]).
 pub async fn store() -> DynamoStore {
-    DynamoStore::from_config(&sdk().await, var("TABLE_NAME")).with_rate_limit(None)
+    DynamoStore::from_config(&sdk().await, var("TABLE_NAME"))
 }
 
-/// A store whose callers take tokens from `bucket`. Each one keeps its own hints, as one
-/// Lambda instance would.
-pub async fn rate_limited_store(bucket: flash_domain::token_bucket::TokenBucket) -> DynamoStore {
-    DynamoStore::from_config(&sdk().await, var("TABLE_NAME")).with_rate_limit(Some(bucket))
+/// The table's rate limit, callers taking tokens from `bucket`. Each one keeps its own hints,
+/// as one Lambda instance would.
+pub async fn rate_limit(bucket: flash_domain::token_bucket::TokenBucket) -> DynamoRateLimit {
+    DynamoRateLimit::new(store().await, bucket, RateHints::default())
 }
 
 pub async fn sqs() -> aws_sdk_sqs::Client {
@@ -163,4 +168,96 @@ pub async fn queue_with_dlq(
         .expect("a queue url");
     let queue_arn = arn(url.clone()).await;
     (url, dlq, queue_arn)
+}
+
+/// Creates `sku` from `spec` through the products function, as an admin's first `PUT` does.
+pub async fn create_product(store: &DynamoStore, sku: &str, spec: &serde_json::Value) {
+    let products = products::Products::new(store.clone());
+    let req = crate::fixtures::Req::put_product(sku, &spec.to_string());
+    let resp = products.handle(req.build()).await;
+    let body = crate::fixtures::json_body(&resp);
+    assert_eq!(resp.status(), 201, "{body:?}");
+}
+
+/// A table of its own with the template's key schema, so the reconciler sees only what the
+/// test put there.
+pub async fn fresh_table() -> DynamoStore {
+    let sdk = sdk().await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let name = format!("reconcile-{:08x}", rand::random::<u32>());
+    let key = |name: &str, kind| {
+        aws_sdk_dynamodb::types::KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .expect("key")
+    };
+    let attr = |name: &str| {
+        aws_sdk_dynamodb::types::AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+            .build()
+            .expect("attribute")
+    };
+    client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .key_schema(key("pk", aws_sdk_dynamodb::types::KeyType::Hash))
+        .key_schema(key("sk", aws_sdk_dynamodb::types::KeyType::Range))
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .send()
+        .await
+        .expect("DynamoDB Local creates the table");
+    DynamoStore::new(client, name)
+}
+
+/// The `flashctl` binary the workspace build put beside the test binaries
+/// (`target/<profile>/flashctl`); `make test` builds it before running the tests.
+pub fn flashctl_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test binary>
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("flashctl"))
+        .expect("a target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p flashctl`; `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Sends `reqs` to `place`, at most `concurrency` in flight. Every answer must be a 202; the
+/// order ids they name, in the order of `reqs`.
+pub async fn place_accepted(
+    place: &Arc<PlaceOrder<DynamoStore, SqsQueue>>,
+    reqs: Vec<Req>,
+    concurrency: usize,
+) -> Vec<String> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .map(|req| {
+            let (place, gate) = (place.clone(), gate.clone());
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await.expect("semaphore");
+                place.handle(req.build()).await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let resp = t.await.expect("task");
+        assert_eq!(resp.status(), 202, "{:?}", json_body(&resp));
+        let id = json_body(&resp)["order_id"]
+            .as_str()
+            .expect("order_id")
+            .to_owned();
+        ids.push(id);
+    }
+    ids
 }

@@ -14,9 +14,12 @@ use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{decide_group, Deadline, GroupReport};
 use flash_domain::order::{transition, Event, Transition};
 use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, ShardStock, Store,
+    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PortError, PortResult, ProductWrite,
+    ShardStock, Store,
 };
-use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
+use flash_domain::{
+    Order, OrderId, OrderStatus, Product, ProductPut, Quantity, Reason, Sku, UserId,
+};
 use flash_tests::fake::{message_body, FakeRedelivery, FakeStore};
 use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
@@ -43,18 +46,7 @@ fn sku() -> Sku {
 }
 
 fn product(shards: u32, stock: u64, limit: Option<u32>) -> Product {
-    Product {
-        sku: sku(),
-        name: "Race".into(),
-        stock_added: stock,
-        per_user_limit: limit,
-        sale_starts_at: None,
-        sale_ends_at: None,
-        payment_window_seconds: 900,
-        shards,
-        sold_out: false,
-        restocks: 0,
-    }
+    flash_tests::given::product(sku(), shards, stock, limit)
 }
 
 fn queued(i: usize, user: &str, quantity: u32, created_at: Millis) -> Order {
@@ -168,11 +160,21 @@ impl Store for Rig {
         self.step().await;
         self.store.get_product(sku).await
     }
-    async fn create_product(&self, product: &Product, stock: &[(u32, u64)]) -> PortResult<bool> {
-        self.store.create_product(product, stock).await
+    async fn create_product(
+        &self,
+        product: &Product,
+        stock: &[(u32, u64)],
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        self.store.create_product(product, stock, key).await
     }
-    async fn add_stock(&self, p: &Product, added: u64, stock: &[(u32, u64)]) -> PortResult<bool> {
-        self.store.add_stock(p, added, stock).await
+    async fn add_stock(
+        &self,
+        put: &ProductPut,
+        stock: &[(u32, u64)],
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        self.store.add_stock(put, stock, key).await
     }
     async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
         self.step().await;
@@ -259,9 +261,6 @@ impl Store for Rig {
             });
         }
         Ok(r)
-    }
-    async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
-        self.store.take_token(caller, now).await
     }
 }
 
@@ -572,6 +571,24 @@ fn two_orders(stock: u64) -> (FakeStore, Product, Vec<Order>) {
     (store, p, orders)
 }
 
+/// `orders` decided as a group from shard 0 now, with `left` before the invocation's deadline.
+async fn decide_within(
+    store: &impl Store,
+    p: &Product,
+    orders: &[Order],
+    left: Duration,
+) -> PortResult<GroupReport> {
+    decide_group(store, p, orders, now_ms(), 0, &deadline_in(left)).await
+}
+
+/// `orders` decided with the invocation's 30 s ahead (28 s to the deadline), which must be
+/// enough.
+async fn decided_in_time(store: &impl Store, p: &Product, orders: &[Order]) -> GroupReport {
+    decide_within(store, p, orders, Duration::from_secs(28))
+        .await
+        .expect("decided in this invocation")
+}
+
 fn statuses(store: &FakeStore) -> Vec<OrderStatus> {
     store.orders().iter().map(|o| o.status).collect()
 }
@@ -583,16 +600,7 @@ async fn a_throttled_commit_is_retried_and_the_group_decided_in_the_same_invocat
     let rig = Rig::new(&store);
     rig.shared.throttled_commits.store(3, Ordering::SeqCst);
     // WHEN the group is decided with the invocation's 30 s ahead
-    let report = decide_group(
-        &rig,
-        &p,
-        &orders,
-        now_ms(),
-        0,
-        &deadline_in(Duration::from_secs(28)),
-    )
-    .await
-    .expect("decided in this invocation");
+    let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the first order got the unit and the second was rejected, after 3 retries
     assert_eq!(report.accepted, vec![orders[0].id.clone()]);
     assert_eq!(
@@ -613,16 +621,7 @@ async fn conflicts_past_the_old_attempt_budget_are_retried_while_time_is_left() 
     let rig = Rig::new(&store);
     rig.shared.conflicts.store(60, Ordering::SeqCst);
     // WHEN the group is decided with time to spare
-    let report = decide_group(
-        &rig,
-        &p,
-        &orders,
-        now_ms(),
-        0,
-        &deadline_in(Duration::from_secs(28)),
-    )
-    .await
-    .expect("decided in this invocation");
+    let report = decided_in_time(&rig, &p, &orders).await;
     // THEN both orders are accepted by the 61st commit
     assert_eq!(report.accepted.len(), 2);
     assert_eq!(report.conflicts, 60);
@@ -640,15 +639,7 @@ async fn past_the_deadline_the_group_is_handed_back_without_rejecting_anything()
         .store(usize::MAX, Ordering::SeqCst);
     // WHEN the group is decided with 3 s left
     let started = tokio::time::Instant::now();
-    let result = decide_group(
-        &rig,
-        &p,
-        &orders,
-        now_ms(),
-        0,
-        &deadline_in(Duration::from_secs(3)),
-    )
-    .await;
+    let result = decide_within(&rig, &p, &orders, Duration::from_secs(3)).await;
     // THEN it is handed back as throttled before the deadline, after several tries
     let err = result.expect_err("handed back");
     assert!(err.is_degraded(), "{err}");
@@ -666,15 +657,7 @@ async fn a_group_reached_past_the_deadline_is_handed_back_untouched() {
     let (store, p, orders) = two_orders(1);
     let calls = store.calls();
     // WHEN the group comes up
-    let result = decide_group(
-        &store,
-        &p,
-        &orders,
-        now_ms(),
-        0,
-        &deadline_in(Duration::ZERO),
-    )
-    .await;
+    let result = decide_within(&store, &p, &orders, Duration::ZERO).await;
     // THEN it is handed back without a single store call
     assert!(result.is_err());
     assert_eq!(store.calls(), calls);
@@ -687,16 +670,7 @@ async fn orders_of_a_commit_whose_reply_was_lost_are_found_pending_not_committed
     let rig = Rig::new(&store);
     rig.shared.lost_replies.store(1, Ordering::SeqCst);
     // WHEN the group is decided
-    let report: GroupReport = decide_group(
-        &rig,
-        &p,
-        &orders,
-        now_ms(),
-        0,
-        &deadline_in(Duration::from_secs(28)),
-    )
-    .await
-    .expect("decided in this invocation");
+    let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the retry reads the orders back and finds them pending, with their deadline
     let found: BTreeSet<OrderId> = report.found_pending.iter().map(|o| o.id.clone()).collect();
     assert_eq!(found, orders.iter().map(|o| o.id.clone()).collect());

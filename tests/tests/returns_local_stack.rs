@@ -10,10 +10,10 @@ use expire_orders::ExpireOrders;
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use flash_domain::ports::Store;
 use flash_domain::{OrderId, OrderStatus, Reason, Sku};
-use flash_tests::audit::{audit, AuditAssertions};
 use flash_tests::drain::drain;
 use flash_tests::fake_expiry::timeout_body;
 use flash_tests::fixtures::{json_body as body, sqs_event, Req};
+use flash_tests::invariant_assertions::{audit, AuditAssertions};
 use flash_tests::stack::{self, unique_sku};
 use place_order::PlaceOrder;
 use process_orders::ProcessOrders;
@@ -41,28 +41,19 @@ async fn place(
     sku: &str,
     buyers: std::ops::Range<usize>,
 ) -> Vec<OrderId> {
-    let gate = Arc::new(Semaphore::new(32));
-    let tasks: Vec<_> = buyers
+    let reqs = buyers
         .map(|i| {
-            let (place, gate) = (place.clone(), gate.clone());
-            let req = Req::place_order(
+            Req::place_order(
                 &format!("buyer-{i}"),
                 &format!("{sku}-{i}"),
                 &json!({"sku": sku, "quantity": 1}).to_string(),
-            );
-            tokio::spawn(async move {
-                let _permit = gate.acquire().await.expect("open");
-                place.handle(req.build()).await
-            })
+            )
         })
         .collect();
-    let mut ids = Vec::new();
-    for t in tasks {
-        let resp = t.await.expect("task");
-        assert_eq!(resp.status(), 202, "{:?}", body(&resp));
-        ids.push(OrderId::parse(body(&resp)["order_id"].as_str().expect("id")).expect("id"));
-    }
-    ids
+    let ids = stack::place_accepted(place, reqs, 32).await;
+    ids.iter()
+        .map(|id| OrderId::parse(id).expect("id"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,21 +63,19 @@ async fn five_hundred_returns_on_one_sold_out_product_all_succeed_without_a_503(
     stack::vars();
     let model = CapacityModel::new(1000.0, SCALE);
     let sdk = aws_sim::sdk_config_with_capacity(flash_aws::config::sdk_config().await, &model);
-    let store = DynamoStore::from_config(&sdk, stack::var("TABLE_NAME")).with_rate_limit(None);
+    let store = DynamoStore::from_config(&sdk, stack::var("TABLE_NAME"));
     let sku = unique_sku("returns");
-    let resp = products::Products {
-        store: store.clone(),
-    }
-    .handle(
-        Req::put_product(
-            &sku,
-            &json!({"name": "Console", "stock": 500, "shards": 20, "per_user_limit": 2,
+    let resp = products::Products::new(store.clone())
+        .handle(
+            Req::put_product(
+                &sku,
+                &json!({"name": "Console", "stock": 500, "shards": 20, "per_user_limit": 2,
                     "payment_window_seconds": PAYMENT_WINDOW_S})
-            .to_string(),
+                .to_string(),
+            )
+            .build(),
         )
-        .build(),
-    )
-    .await;
+        .await;
     assert_eq!(resp.status(), 201, "{:?}", body(&resp));
     let (queue, orders_url) = stack::test_queue("returns-orders").await;
     let (_, timeouts_url) = stack::test_queue("returns-timeouts").await;
@@ -97,9 +86,7 @@ async fn five_hundred_returns_on_one_sold_out_product_all_succeed_without_a_503(
         timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     };
     let decide = || drain(&process, &sqs, &orders_url, 4, 50, Duration::from_secs(60));
-    let advance = Arc::new(AdvanceOrder {
-        store: store.clone(),
-    });
+    let advance = Arc::new(AdvanceOrder::new(store.clone()));
     let expire = Arc::new(ExpireOrders {
         store: store.clone(),
         timeouts: SqsTimeouts::new(sqs.clone(), timeouts_url),
@@ -267,17 +254,15 @@ async fn a_return_clears_the_sold_out_flag_and_whoever_finds_the_order_canceled_
     // GIVEN 2 units sold to 2 buyers, the product flagged sold out
     let store = stack::store().await;
     let sku = unique_sku("flag");
-    let resp = products::Products {
-        store: store.clone(),
-    }
-    .handle(
-        Req::put_product(
-            &sku,
-            &json!({"name": "Kettle", "stock": 2, "payment_window_seconds": 1}).to_string(),
+    let resp = products::Products::new(store.clone())
+        .handle(
+            Req::put_product(
+                &sku,
+                &json!({"name": "Kettle", "stock": 2, "payment_window_seconds": 1}).to_string(),
+            )
+            .build(),
         )
-        .build(),
-    )
-    .await;
+        .await;
     assert_eq!(resp.status(), 201, "{:?}", body(&resp));
     let (queue, orders_url) = stack::test_queue("flag-orders").await;
     let (_, timeouts_url) = stack::test_queue("flag-timeouts").await;
@@ -291,9 +276,7 @@ async fn a_return_clears_the_sold_out_flag_and_whoever_finds_the_order_canceled_
     assert_eq!(decided.accepted, 2);
     let sku_id = Sku::parse(&sku).expect("sku");
     assert!(sold_out(&store, &sku_id).await);
-    let advance = AdvanceOrder {
-        store: store.clone(),
-    };
+    let advance = AdvanceOrder::new(store.clone());
     let expire = ExpireOrders {
         store: store.clone(),
         timeouts: SqsTimeouts::new(sqs.clone(), timeouts_url),

@@ -6,9 +6,11 @@ use advance_order::AdvanceOrder;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use expire_orders::{ExpireOrders, ExpiryReport};
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::expiry::MAX_DELAY_SECONDS;
-use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
-use flash_tests::fake::{FakeQueue, FakeRedelivery, FakeStore};
+use flash_domain::invariant_check::QUEUED_MARGIN_MS;
+use flash_domain::limits::SQS_MAX_DELAY_SECONDS;
+use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku, UserId};
+use flash_tests::drain::invoke;
+use flash_tests::fake::{FakeQueue, FakeRedelivery, FakeStore, InjectFaults};
 use flash_tests::fake_expiry::{timeout_body, FakeTimeouts};
 use flash_tests::fixtures::{invocation_deadline, sqs_event, Req};
 use flash_tests::invariants::audit_state;
@@ -48,9 +50,7 @@ impl Env {
     /// `SKU-1` created by an admin's `PUT` of `spec`.
     async fn with_product(spec: Value) -> Self {
         let env = Self::default();
-        let h = Products {
-            store: env.store.clone(),
-        };
+        let h = Products::new(env.store.clone()).with_rate_limit(env.store.clone());
         let r = h
             .handle(Req::put_product(SKU, &spec.to_string()).build())
             .await;
@@ -59,7 +59,8 @@ impl Env {
     }
 
     async fn place(&self, who: &str, key: &str, quantity: u32) -> OrderId {
-        let h = PlaceOrder::new(self.store.clone(), self.queue.clone());
+        let h = PlaceOrder::new(self.store.clone(), self.queue.clone())
+            .with_rate_limit(self.store.clone());
         let body = json!({"sku": SKU, "quantity": quantity}).to_string();
         let r = h.handle(Req::place_order(who, key, &body).build()).await;
         assert_eq!(r.status(), 202);
@@ -79,14 +80,7 @@ impl Env {
 
     /// process-orders as deployed, on `event`.
     async fn process(&self, event: SqsEvent) -> (Vec<String>, BatchReport) {
-        let (resp, report) = self
-            .processor()
-            .handle(
-                &FakeRedelivery::default(),
-                event,
-                flash_tests::fixtures::invocation_deadline(),
-            )
-            .await;
+        let (resp, report) = invoke(&self.processor(), event).await;
         (failures(&resp), report)
     }
 
@@ -111,6 +105,13 @@ impl Env {
             .map(|(i, id)| (format!("t{i}"), timeout_body(id)))
             .collect();
         sqs_event(&records)
+    }
+
+    /// An order of `who`, placed and not yet decided.
+    async fn queued(&self, who: &str, key: &str, quantity: u32) -> OrderId {
+        let id = self.place(who, key, quantity).await;
+        self.queue.take_event();
+        id
     }
 
     /// An order of `who`, accepted (pending) and its timeout scheduled.
@@ -143,9 +144,7 @@ impl Env {
     }
 
     async fn pay(&self, who: &str, id: &OrderId) -> (u16, Value) {
-        let h = AdvanceOrder {
-            store: self.store.clone(),
-        };
+        let h = AdvanceOrder::new(self.store.clone()).with_rate_limit(self.store.clone());
         let r = h
             .handle(Req::advance(who, false, id.as_str(), "pay").build())
             .await;
@@ -197,7 +196,10 @@ async fn a_window_longer_than_fifteen_minutes_is_scheduled_for_the_longest_delay
         Env::with_product(json!({"name": "Phone", "stock": 5, "payment_window_seconds": 7200}))
             .await;
     env.pending("alice", "k1", 1).await;
-    assert_eq!(env.timeouts.scheduled()[0].delay_seconds, MAX_DELAY_SECONDS);
+    assert_eq!(
+        env.timeouts.scheduled()[0].delay_seconds,
+        SQS_MAX_DELAY_SECONDS
+    );
 }
 
 #[tokio::test]
@@ -230,13 +232,7 @@ async fn a_redelivery_after_a_crash_before_scheduling_schedules_the_pending_orde
         store: env.store.clone(),
         timeouts: FakeTimeouts::new(),
     };
-    let (_, crashed) = crashing
-        .handle(
-            &FakeRedelivery::default(),
-            event.clone(),
-            flash_tests::fixtures::invocation_deadline(),
-        )
-        .await;
+    let (_, crashed) = invoke(&crashing, event.clone()).await;
     assert_eq!(crashed.accepted, 1);
     assert_eq!(env.timeouts.calls(), 0);
     // WHEN SQS delivers the same message again
@@ -303,9 +299,7 @@ async fn a_timeout_for_an_order_paid_or_canceled_meanwhile_changes_no_order_and_
     let paid = env.pending("alice", "k1", 1).await;
     let canceled = env.pending("bob", "k1", 1).await;
     assert_eq!(env.pay("alice", &paid).await.0, 200);
-    let h = AdvanceOrder {
-        store: env.store.clone(),
-    };
+    let h = AdvanceOrder::new(env.store.clone()).with_rate_limit(env.store.clone());
     let r = h
         .handle(Req::advance("bob", false, canceled.as_str(), "cancel").build())
         .await;
@@ -351,7 +345,7 @@ async fn a_timeout_that_arrives_before_the_deadline_is_sent_again_for_what_remai
         .map(|s| (s.order_id, s.delay_seconds))
         .collect();
     delays.sort();
-    let mut expected = vec![(soon, 30), (later, MAX_DELAY_SECONDS)];
+    let mut expected = vec![(soon, 30), (later, SQS_MAX_DELAY_SECONDS)];
     expected.sort();
     assert_eq!(delays, expected);
     assert_eq!(env.available(), 3);
@@ -683,7 +677,8 @@ async fn pay_and_the_timeout_racing_at_the_deadline_have_exactly_one_winner() {
 
 mod reconciler {
     use super::*;
-    use flash_aws::audit::{Audit, Ledger};
+    use flash_domain::invariant_check::{Audit, Deadlines};
+    use flash_domain::ports::Ledger;
     use flash_domain::ports::{PortError, PortResult};
 
     fn reconciler(env: &Env) -> Reconcile<FakeStore> {
@@ -718,7 +713,11 @@ mod reconciler {
             json!([{
                 "Namespace": "FlashSale",
                 "Dimensions": [[]],
-                "Metrics": [{"Name": "ReconcilerViolations", "Unit": "Count"}],
+                "Metrics": [
+                    {"Name": "ReconcilerViolations", "Unit": "Count"},
+                    {"Name": "StaleQueuedOrders", "Unit": "Count"},
+                    {"Name": "OverduePendingOrders", "Unit": "Count"},
+                ],
             }])
         );
     }
@@ -731,9 +730,7 @@ mod reconciler {
         let product = env.store.product(&sku()).expect("product");
         env.store.seed_product(product.clone(), 8 + 5);
         // AND a second, clean product
-        let other = Products {
-            store: env.store.clone(),
-        };
+        let other = Products::new(env.store.clone()).with_rate_limit(env.store.clone());
         let r = other
             .handle(Req::put_product("SKU-2", r#"{"name":"Case","stock":3}"#).build())
             .await;
@@ -762,22 +759,75 @@ mod reconciler {
     }
 
     #[tokio::test]
-    async fn a_pending_order_long_past_its_deadline_is_reported_overdue() {
+    async fn a_pending_order_past_its_deadline_and_grace_is_a_violation_that_names_it() {
+        // GIVEN a pending order whose payment timeout was lost an hour ago
         let env = Env::with_product(json!({"name": "Phone", "stock": 10})).await;
         let id = env.pending("alice", "k1", 1).await;
         env.set_deadline(&id, now_ms() - 3_600_000);
+        // AND one just past its deadline, whose timeout may still be on its way
+        let fresh = env.pending("bob", "k1", 1).await;
+        env.set_deadline(&fresh, now_ms() - 60_000);
+        // WHEN the reconciler runs
+        let (summary, products) = reconciler(&env).run(now_ms()).await.expect("reads");
+        // THEN the lost one is a violation, counted in the alarmed metric, naming the order
+        assert_eq!((summary.overdue_pending, summary.violations), (1, 1));
+        assert_eq!(metric_record(&summary, 0)[METRIC], json!(1.0));
+        let v = &products[0].violations;
+        assert!(
+            v.len() == 1 && v[0].contains(id.as_str()) && v[0].contains("pending"),
+            "{v:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_order_older_than_its_redrive_and_margin_is_a_violation_that_names_it() {
+        // GIVEN an order whose messages were both lost: queued, never decided
+        let env = Env::with_product(json!({"name": "Phone", "stock": 10})).await;
+        let order = env.queued("alice", "k1", 1).await;
         let (summary, _) = reconciler(&env).run(now_ms()).await.expect("reads");
-        assert_eq!((summary.overdue_pending, summary.violations), (1, 0));
+        assert_eq!(summary.violations, 0, "a young queued order is on its way");
+        // WHEN the reconciler runs after the re-drive delay and its margin have passed
+        let later = now_ms() + 900_000 + QUEUED_MARGIN_MS + 1_000;
+        let (summary, products) = reconciler(&env).run(later).await.expect("reads");
+        // THEN it is a violation naming the product and the order
+        assert_eq!((summary.stale_queued, summary.violations), (1, 1));
+        assert_eq!(products[0].sku, SKU);
+        assert!(
+            products[0].violations[0].contains(order.as_str()),
+            "{:?}",
+            products[0].violations
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buyer_whose_admission_count_disagrees_is_reported_by_name() {
+        // GIVEN a product with a purchase limit, one order admitted and queued
+        let env =
+            Env::with_product(json!({"name": "Phone", "stock": 10, "per_user_limit": 3})).await;
+        let order = env.queued("alice", "k1", 1).await;
+        let (summary, _) = reconciler(&env).run(now_ms()).await.expect("reads");
+        assert_eq!(summary.violations, 0);
+        // WHEN alice's admission count is raised by a write no order explains
+        env.store
+            .set_admitted(&sku(), &UserId::parse("alice").expect("user"), 3);
+        let (summary, products) = reconciler(&env).run(now_ms()).await.expect("reads");
+        // THEN the re-read names alice and her order
+        assert!(summary.violations >= 1, "{summary:?}");
+        let v = products[0].violations.join("\n");
+        assert!(
+            v.contains("buyer alice: admission count 3 but 1 units") && v.contains(order.as_str()),
+            "{v}"
+        );
     }
 
     #[tokio::test]
     async fn a_failed_read_fails_the_run_instead_of_reporting_zero() {
         struct Down;
         impl Ledger for Down {
-            async fn audit_all(&self) -> PortResult<Vec<Audit>> {
+            async fn tally_all(&self, _: &Deadlines) -> PortResult<Vec<Audit>> {
                 Err(PortError::unavailable("dynamodb Scan", "down"))
             }
-            async fn audit_settled(&self, _: &Sku) -> PortResult<Option<Audit>> {
+            async fn audit_settled(&self, _: &Sku, _: &Deadlines) -> PortResult<Option<Audit>> {
                 Ok(None)
             }
         }
@@ -789,14 +839,14 @@ mod reconciler {
         // A first pass that saw a sale half done, and stock still moving on every re-read.
         struct Busy;
         impl Ledger for Busy {
-            async fn audit_all(&self) -> PortResult<Vec<Audit>> {
+            async fn tally_all(&self, _: &Deadlines) -> PortResult<Vec<Audit>> {
                 Ok(vec![Audit {
                     sku: SKU.into(),
                     violations: vec!["conservation: added 10 != available 9 + held 0".into()],
                     ..Audit::default()
                 }])
             }
-            async fn audit_settled(&self, _: &Sku) -> PortResult<Option<Audit>> {
+            async fn audit_settled(&self, _: &Sku, _: &Deadlines) -> PortResult<Option<Audit>> {
                 Ok(None)
             }
         }

@@ -3,19 +3,16 @@
 //! the payment-timeouts queue. Every scenario ends with the invariant checker.
 
 use advance_order::AdvanceOrder;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use expire_orders::{ExpireOrders, ExpiryReport};
 use flash_aws::{DynamoStore, SqsQueue, SqsTimeouts};
 use flash_domain::clock::now_ms;
 use flash_domain::{OrderId, OrderStatus, Reason, Sku};
-use flash_tests::audit::{audit, AuditAssertions};
-use flash_tests::drain::{delete, receive_batch, received_event};
+use flash_tests::drain::{delete, queue_count, receive_batch, received_event};
 use flash_tests::fake_expiry::timeout_body;
 use flash_tests::fixtures::{json_body as body, sqs_event, Req};
+use flash_tests::invariant_assertions::{audit, AuditAssertions};
 use flash_tests::stack::{self, unique_sku};
 use place_order::PlaceOrder;
 use process_orders::ProcessOrders;
@@ -40,13 +37,7 @@ struct Sale {
 impl Sale {
     async fn open(store: DynamoStore, prefix: &str, spec: Value) -> Sale {
         let sku = unique_sku(prefix);
-        let products = products::Products {
-            store: store.clone(),
-        };
-        let resp = products
-            .handle(Req::put_product(&sku, &spec.to_string()).build())
-            .await;
-        assert_eq!(resp.status(), 201, "{:?}", body(&resp));
+        stack::create_product(&store, &sku, &spec).await;
         let (queue, orders_url) = stack::test_queue(&format!("{prefix}-orders")).await;
         let (_, timeouts_url) = stack::test_queue(&format!("{prefix}-timeouts")).await;
         let sqs = stack::sqs().await;
@@ -111,19 +102,12 @@ impl Sale {
 
     /// Messages on the timeouts queue, delayed ones included.
     async fn timeouts_waiting(&self) -> u64 {
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(self.timeouts.url())
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .expect("GetQueueAttributes")
-            .attributes
-            .unwrap_or_default();
-        attrs.values().map(|v| v.parse::<u64>().unwrap_or(1)).sum()
+        let counts = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        queue_count(&self.sqs, self.timeouts.url(), &counts).await
     }
 
     /// Plays the event source mapping of expire-orders until the timeouts queue is empty.
@@ -157,9 +141,7 @@ impl Sale {
     }
 
     async fn pay(&self, who: &str, id: &OrderId) -> u16 {
-        let h = AdvanceOrder {
-            store: self.store.clone(),
-        };
+        let h = AdvanceOrder::new(self.store.clone());
         h.handle(Req::advance(who, false, id.as_str(), "pay").build())
             .await
             .status()
@@ -178,9 +160,7 @@ impl Sale {
     }
 
     async fn product(&self) -> Value {
-        let h = products::Products {
-            store: self.store.clone(),
-        };
+        let h = products::Products::new(self.store.clone());
         let resp = h
             .handle(Req::get_product("buyer-0", &self.sku).build())
             .await;
@@ -382,45 +362,11 @@ async fn dynamodb_takes_pay_only_before_the_deadline_and_the_timeout_only_from_i
     audit(&sale.store, &sale.sku).await.assert_invariants();
 }
 
-/// A table of its own with the template's key schema, so the reconciler sees only what the
-/// test put there.
-async fn fresh_table() -> DynamoStore {
-    let sdk = stack::sdk().await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let name = format!("reconcile-{:08x}", rand::random::<u32>());
-    let key = |name: &str, kind| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .expect("key")
-    };
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .expect("attribute")
-    };
-    client
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .send()
-        .await
-        .expect("DynamoDB Local creates the table");
-    DynamoStore::new(client, name).with_rate_limit(None)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reconciler_finds_nothing_on_a_clean_table_and_a_violation_after_a_shard_is_corrupted()
 {
     // GIVEN two products on a table of their own, with orders accepted, paid and timed out
-    let store = fresh_table().await;
+    let store = stack::fresh_table().await;
     let sale = Sale::open(
         store.clone(),
         "recon",
@@ -484,7 +430,7 @@ async fn the_reconciler_finds_nothing_on_a_clean_table_and_a_violation_after_a_s
     );
     let sku = Sku::parse(&sale.sku).expect("valid");
     assert_eq!(
-        flash_aws::audit::audit(&store, &sku)
+        flash_aws::dynamo::ledger::audit(&store, &sku)
             .await
             .expect("reads")
             .violations,

@@ -4,12 +4,13 @@
 //! request that is going to write first takes a token from the caller's rate-limit bucket.
 
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError};
+use flash_aws::dynamo::DynamoRateLimit;
+use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError, OrderView};
 use flash_aws::DynamoStore;
 use flash_domain::clock::now_ms;
 use flash_domain::expiry::{due, Due, Window};
 use flash_domain::order::transition;
-use flash_domain::ports::{Advance, PortError, Store};
+use flash_domain::ports::{Advance, PortError, RateLimit, Store, Unlimited};
 use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{Action, OrderStatus, TransitionError};
 use lambda_http::{Body, Request, Response};
@@ -24,22 +25,43 @@ const MAX_ATTEMPTS: usize = 5;
 #[serde(deny_unknown_fields)]
 struct NoFields {}
 
-pub struct AdvanceOrder<S> {
+/// `R` is the per-caller rate limit: none unless [`AdvanceOrder::with_rate_limit`] sets one.
+pub struct AdvanceOrder<S, R = Unlimited> {
     pub store: S,
+    pub rate_limit: R,
 }
 
-impl AdvanceOrder<DynamoStore> {
+/// The deployed function: its rate limit in the table, unless its settings turn it off.
+pub type Deployed = AdvanceOrder<DynamoStore, Option<DynamoRateLimit>>;
+
+impl Deployed {
     /// The deployed function from its environment: `TABLE_NAME` and the rate limit.
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
-            store: aws
-                .store(config::table_name(env)?)
-                .with_rate_limit(config::rate_limit(env)?),
-        })
+        let table = config::table_name(env)?;
+        Ok(AdvanceOrder::new(aws.store(table))
+            .with_rate_limit(aws.rate_limit(table, config::rate_limit(env)?)))
     }
 }
 
 impl<S: Store> AdvanceOrder<S> {
+    /// With no rate limit.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            rate_limit: Unlimited,
+        }
+    }
+}
+
+impl<S: Store, R: RateLimit> AdvanceOrder<S, R> {
+    /// Takes a token from `rate_limit` before each write a caller asks for.
+    pub fn with_rate_limit<L: RateLimit>(self, rate_limit: L) -> AdvanceOrder<S, L> {
+        AdvanceOrder {
+            store: self.store,
+            rate_limit,
+        }
+    }
+
     pub async fn handle(&self, req: Request) -> Response<Body> {
         respond(self.advance(&req).await)
     }
@@ -67,13 +89,13 @@ impl<S: Store> AdvanceOrder<S> {
                     // flag again too).
                     if order.status == OrderStatus::Canceled
                         && matches!(
-                            self.store.take_token(&caller.user, now_ms()).await,
+                            self.rate_limit.take_token(&caller.user, now_ms()).await,
                             Ok(Ok(()))
                         )
                     {
                         self.store.clear_sold_out(&order.sku).await?;
                     }
-                    return Ok(json(200, &order.view()));
+                    return Ok(json(200, &OrderView::of(&order)));
                 }
                 Err(TransitionError::NotAllowed(status)) => {
                     return Err(ApiError::InvalidTransition(status))
@@ -94,7 +116,7 @@ impl<S: Store> AdvanceOrder<S> {
             // Only a request about to write pays a token: one refused above, or answered
             // from the order as it is, costs no write.
             if !token {
-                if let Err(wait) = self.store.take_token(&caller.user, now_ms()).await? {
+                if let Err(wait) = self.rate_limit.take_token(&caller.user, now_ms()).await? {
                     return Err(ApiError::RateLimited {
                         retry_after_s: retry_after_secs(wait),
                     });
@@ -105,7 +127,7 @@ impl<S: Store> AdvanceOrder<S> {
             match self.store.advance(&order, &t, owner, now_ms()).await? {
                 Advance::Done(updated) => {
                     tracing::info!(order_id = %order.id, from = t.from.as_str(), to = t.to.as_str(), "order advanced");
-                    return Ok(json(200, &updated.view()));
+                    return Ok(json(200, &OrderView::of(&updated)));
                 }
                 Advance::Stale => continue,
             }

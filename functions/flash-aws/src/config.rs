@@ -1,9 +1,11 @@
 //! Configuration, parsed with `?` in each `main` so a bad deployment fails at start-up.
 
+use crate::dynamo::{DynamoRateLimit, RateHints};
 use crate::{DynamoStore, SqsQueue, SqsTimeouts};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
-use flash_domain::breaker::BreakerConfig;
+use flash_domain::breaker_state::BreakerConfig;
+use flash_domain::limits::SQS_MAX_DELAY_SECONDS;
 use flash_domain::token_bucket::TokenBucket;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,14 +78,14 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
 
 /// The AWS side every function is built on: the SDK configuration, loaded once per process.
 /// The local gateway may reach DynamoDB through another HTTP client (the capacity model). The
-/// stores of one table share their write statistics and rate-limit hints, as one process's
-/// functions did when they shared one store.
+/// stores of one table share their write statistics, and its rate limits their hints, as one
+/// process's functions did when they shared one store.
 #[derive(Clone)]
 pub struct Aws {
     sdk: SdkConfig,
     dynamodb: SdkConfig,
     write_stats: bool,
-    stores: Arc<Mutex<HashMap<String, DynamoStore>>>,
+    stores: Arc<Mutex<HashMap<String, (DynamoStore, RateHints)>>>,
 }
 
 impl Aws {
@@ -109,18 +111,41 @@ impl Aws {
         self
     }
 
-    /// The store of `table`, with the default rate limit.
+    /// The store of `table`.
     pub fn store(&self, table: &str) -> DynamoStore {
+        self.table(table).0
+    }
+
+    /// `bucket` per caller in `table` (`None`: no limit), the limit a write route takes a
+    /// token from ([`rate_limit`] reads its setting).
+    pub fn rate_limit(&self, table: &str, bucket: Option<TokenBucket>) -> Option<DynamoRateLimit> {
+        let (store, hints) = self.table(table);
+        bucket.map(|bucket| DynamoRateLimit::new(store, bucket, hints))
+    }
+
+    /// As [`Self::rate_limit`], for the admins' write route: buckets of their own
+    /// ([`admin_rate_limit`] reads its setting).
+    pub fn admin_rate_limit(
+        &self,
+        table: &str,
+        bucket: Option<TokenBucket>,
+    ) -> Option<DynamoRateLimit> {
+        self.rate_limit(table, bucket)
+            .map(DynamoRateLimit::for_admins)
+    }
+
+    fn table(&self, table: &str) -> (DynamoStore, RateHints) {
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         stores
             .entry(table.to_owned())
             .or_insert_with(|| {
                 let store = DynamoStore::from_config(&self.dynamodb, table);
-                if self.write_stats {
+                let store = if self.write_stats {
                     store.with_write_stats()
                 } else {
                     store
-                }
+                };
+                (store, RateHints::default())
             })
             .clone()
     }
@@ -151,29 +176,56 @@ pub fn orders_queue_url(env: &Env) -> Result<&str, ConfigError> {
 pub const RATE_LIMIT_CAPACITY: u32 = 10;
 pub const RATE_LIMIT_PER_SECOND: f64 = 2.0;
 
-/// The default bucket (always `Some`: the defaults are valid, as a test checks).
-pub fn default_rate_limit() -> Option<TokenBucket> {
-    TokenBucket::new(RATE_LIMIT_CAPACITY, RATE_LIMIT_PER_SECOND).ok()
-}
-
 /// The per-caller rate limit on write routes: `RATE_LIMIT_CAPACITY` tokens (0 turns the
 /// limit off) refilled at `RATE_LIMIT_PER_SECOND`.
 pub fn rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
-    let capacity = env.parse("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY)?;
-    let per_second = env.parse("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND)?;
+    bucket(
+        env,
+        ("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY),
+        ("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND),
+    )
+}
+
+/// Default admin bucket (`PUT /products`, the products function's only write): a burst of
+/// 1,000 requests, then 500 a second, so a catalog of 5,000 products is created or
+/// restocked in about 8 s. Still a limit, so a runaway script or a leaked admin token cannot
+/// write without end; each request is one write to the caller's bucket item, far below
+/// DynamoDB's 1,000 writes/s per item.
+pub const ADMIN_RATE_LIMIT_CAPACITY: u32 = 1_000;
+pub const ADMIN_RATE_LIMIT_PER_SECOND: f64 = 500.0;
+
+/// The per-caller rate limit on admin writes: `ADMIN_RATE_LIMIT_CAPACITY` tokens (0 turns
+/// it off) refilled at `ADMIN_RATE_LIMIT_PER_SECOND` (template parameters
+/// `AdminRateLimitBurst` and `AdminRateLimitPerSecond`).
+pub fn admin_rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
+    bucket(
+        env,
+        ("ADMIN_RATE_LIMIT_CAPACITY", ADMIN_RATE_LIMIT_CAPACITY),
+        ("ADMIN_RATE_LIMIT_PER_SECOND", ADMIN_RATE_LIMIT_PER_SECOND),
+    )
+}
+
+fn bucket(
+    env: &Env,
+    (capacity_name, capacity): (&'static str, u32),
+    (rate_name, per_second): (&'static str, f64),
+) -> Result<Option<TokenBucket>, ConfigError> {
+    let capacity = env.parse(capacity_name, capacity)?;
+    let per_second = env.parse(rate_name, per_second)?;
     if capacity == 0 {
         return Ok(None);
     }
     TokenBucket::new(capacity, per_second)
         .map(Some)
         .map_err(|e| ConfigError::Invalid {
-            name: "RATE_LIMIT_PER_SECOND",
+            name: rate_name,
             why: e.0,
         })
 }
 
-/// SQS's longest `DelaySeconds`, and the default delay of `place-order`'s re-drive copy.
-pub const REDRIVE_DELAY_SECONDS: u64 = 900;
+/// The default delay of `place-order`'s re-drive copy, and its longest: SQS's longest
+/// `DelaySeconds`.
+pub const REDRIVE_DELAY_SECONDS: u64 = SQS_MAX_DELAY_SECONDS as u64;
 
 /// `REDRIVE_DELAY_SECONDS`: how long after an order `place-order`'s re-drive copy of its
 /// message arrives, 0 to 900 (SQS's limit on `DelaySeconds`). The local stack shortens it so
@@ -224,6 +276,13 @@ pub fn payment_timeouts_queue_url(env: &Env) -> Result<&str, ConfigError> {
     env.required("PAYMENT_TIMEOUTS_QUEUE_URL")
 }
 
+/// What every function's `main` starts from: logs and metrics set up, the SDK configuration
+/// loaded ([`sdk_config`]) and the process's environment.
+pub async fn start() -> (Aws, Env) {
+    crate::telemetry::init();
+    (Aws::new(sdk_config().await), Env::process())
+}
+
 /// The SDK configuration. Loading it makes no network call (credentials resolve lazily), so
 /// cold starts stay short. Endpoints follow the standard `AWS_ENDPOINT_URL_<SERVICE>`
 /// variables, which is how the local stack and LocalStack are reached.
@@ -247,9 +306,36 @@ mod tests {
 
     #[test]
     fn the_default_rate_limit_is_a_burst_of_10_then_2_a_second() {
-        let bucket = default_rate_limit().expect("valid defaults");
+        let bucket = rate_limit(&Env::default())
+            .expect("valid defaults")
+            .expect("on by default");
         assert_eq!(bucket.capacity(), 10);
         assert_eq!(bucket.interval(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn admins_get_a_bucket_of_their_own_generous_by_default_and_configurable() {
+        let bucket = admin_rate_limit(&Env::default())
+            .expect("valid defaults")
+            .expect("on by default");
+        assert_eq!(bucket.capacity(), 1_000);
+        assert_eq!(bucket.interval(), Duration::from_millis(2));
+        let env = Env::from_iter([
+            ("ADMIN_RATE_LIMIT_CAPACITY", "50"),
+            ("ADMIN_RATE_LIMIT_PER_SECOND", "10"),
+            // The buyers' knobs do not move it.
+            ("RATE_LIMIT_CAPACITY", "1"),
+        ]);
+        let bucket = admin_rate_limit(&env).expect("valid").expect("on");
+        assert_eq!(
+            (bucket.capacity(), bucket.interval()),
+            (50, Duration::from_millis(100))
+        );
+        let off = Env::from_iter([("ADMIN_RATE_LIMIT_CAPACITY", "0")]);
+        assert_eq!(admin_rate_limit(&off).expect("valid"), None);
+        let bad = Env::from_iter([("ADMIN_RATE_LIMIT_PER_SECOND", "0")]);
+        let e = admin_rate_limit(&bad).expect_err("0 a second refills nothing");
+        assert!(e.to_string().contains("ADMIN_RATE_LIMIT_PER_SECOND"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! The HTTP edge shared by the API functions: who is calling (from the JWT authorizer's
-//! claims), JSON bodies parsed strictly, and the one error type that maps to the status codes
-//! and error codes of the API contract.
+//! claims), JSON bodies parsed strictly, the API's order and product shapes, and the one error
+//! type that maps to the status codes and error codes of the API contract.
 
+use flash_domain::clock::to_rfc3339;
+use flash_domain::order::request_fingerprint;
 use flash_domain::ports::Store;
-use flash_domain::{Order, OrderId, OrderStatus, UserId, ValidationError};
+use flash_domain::{
+    Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId, ValidationError,
+};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Largest body the API accepts.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -68,6 +72,19 @@ pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// An optional header that must be visible ASCII when sent: one that is present but is not
+/// (bytes `header` cannot read) is a bad request, never taken for an absent one.
+pub fn optional_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, ApiError> {
+    req.headers()
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::invalid(format!("the {name} header must be printable ASCII"))
+            })
+        })
+        .transpose()
+}
+
 fn body_bytes(req: &Request) -> &[u8] {
     match req.body() {
         Body::Empty => &[],
@@ -110,6 +127,80 @@ fn strip_position(e: &serde_json::Error) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_owned(),
         None => msg,
+    }
+}
+
+/// The body of `POST /orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub sku: Sku,
+    pub quantity: Quantity,
+}
+
+impl OrderRequest {
+    /// The request's meaning as the order stores it ([`request_fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        request_fingerprint(&self.sku, self.quantity)
+    }
+}
+
+/// The order as `GET /orders/{id}` and the actions show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub status: OrderStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl OrderView {
+    pub fn of(order: &Order) -> Self {
+        Self {
+            order_id: order.id.clone(),
+            sku: order.sku.clone(),
+            quantity: order.quantity,
+            status: order.status,
+            reason: order.reason,
+            created_at: to_rfc3339(order.created_at),
+            updated_at: to_rfc3339(order.updated_at),
+            expires_at: order
+                .expires_at
+                .filter(|_| order.status == OrderStatus::Pending)
+                .map(to_rfc3339),
+        }
+    }
+}
+
+/// The product as `GET /products/{sku}` and `PUT` show it, with the units left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProductView {
+    pub sku: Sku,
+    pub name: String,
+    pub available: u64,
+    pub sold_out: bool,
+    pub sale_starts_at: Option<String>,
+    pub sale_ends_at: Option<String>,
+    pub per_user_limit: Option<u32>,
+}
+
+impl ProductView {
+    pub fn of(product: &Product, available: u64) -> Self {
+        Self {
+            sku: product.sku.clone(),
+            name: product.name.clone(),
+            available,
+            sold_out: available == 0,
+            sale_starts_at: product.sale_starts_at.map(to_rfc3339),
+            sale_ends_at: product.sale_ends_at.map(to_rfc3339),
+            per_user_limit: product.per_user_limit,
+        }
     }
 }
 
@@ -246,6 +337,20 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Response<Body> {
         lambda_http::http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Answers API Gateway's requests with `handler` until the runtime stops: an HTTP function's
+/// `main` after wiring.
+pub async fn serve<F, A>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(Request) -> A,
+    A: std::future::Future<Output = Response<Body>> + Send,
+{
+    lambda_http::run(lambda_http::service_fn(|req| {
+        let answer = handler(req);
+        async move { Ok::<_, lambda_http::Error>(answer.await) }
+    }))
+    .await
 }
 
 /// Turns a handler's result into the response API Gateway gets.

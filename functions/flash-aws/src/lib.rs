@@ -2,17 +2,16 @@
 //! adapters behind the domain's ports, the HTTP edge (claims, JSON bodies, errors), logging and
 //! metrics.
 
-pub mod audit;
-pub mod breaker;
 pub mod config;
+pub mod dependency_breaker;
 pub mod dynamo;
 pub mod errors;
 pub mod http;
+pub mod payment_timeouts_queue;
 pub mod sqs;
 pub mod telemetry;
-pub mod timeouts;
 
-pub use config::{Aws, ConfigError, Env};
+pub use config::{start, Aws, ConfigError, Env};
 pub use dynamo::DynamoStore;
+pub use payment_timeouts_queue::SqsTimeouts;
 pub use sqs::SqsQueue;
-pub use timeouts::SqsTimeouts;

@@ -5,6 +5,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use flash_domain::clock::Millis;
+use flash_domain::limits::{SQS_MAX_BATCH_ENTRIES, SQS_MAX_DELAY_SECONDS};
 use flash_domain::ports::{PortError, PortResult, Queue, Redelivery};
 use flash_domain::OrderMessage;
 use std::collections::HashMap;
@@ -14,8 +15,8 @@ use std::time::Duration;
 /// records back to.
 #[derive(Clone)]
 pub struct SqsQueue {
-    client: Client,
-    url: String,
+    pub(crate) client: Client,
+    pub(crate) url: String,
 }
 
 impl SqsQueue {
@@ -55,8 +56,23 @@ pub fn parse_records<T: serde::de::DeserializeOwned>(
     (parsed, failed)
 }
 
-/// The answer of an SQS-triggered function that reports partial batch failures: the records
-/// named in `failed` (each once) come back, the others are deleted.
+/// Answers the event source's batches with `handler`, given each batch and the invocation's
+/// deadline ([`invocation_deadline`], epoch ms), until the runtime stops: an SQS consumer's
+/// `main` after wiring.
+pub async fn serve<F, A>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(SqsEvent, Millis) -> A,
+    A: std::future::Future<Output = SqsBatchResponse> + Send,
+{
+    use lambda_http::lambda_runtime::{run, service_fn, LambdaEvent};
+    run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let deadline = invocation_deadline(event.context.deadline, flash_domain::clock::now_ms());
+        let answer = handler(event.payload, deadline);
+        async move { Ok::<_, lambda_http::Error>(answer.await) }
+    }))
+    .await
+}
+
 /// The template's default function `Timeout` (Globals), standing in for a deadline the
 /// context does not really give (see [`invocation_deadline`]).
 const DEFAULT_TIMEOUT_MS: Millis = 10_000;
@@ -73,6 +89,8 @@ pub fn invocation_deadline(context_deadline_ms: u64, now: Millis) -> Millis {
     }
 }
 
+/// The answer of an SQS-triggered function that reports partial batch failures: the records
+/// named in `failed` (each once) come back, the others are deleted.
 pub fn batch_response(mut failed: Vec<String>) -> SqsBatchResponse {
     failed.sort();
     failed.dedup();
@@ -163,11 +181,8 @@ pub async fn hand_back<R: Redelivery>(
     }
 }
 
-/// SQS's most entries per `ChangeMessageVisibilityBatch`.
-const VISIBILITY_BATCH_MAX: usize = 10;
-
 impl SqsQueue {
-    /// One `ChangeMessageVisibilityBatch` of at most ten entries.
+    /// One `ChangeMessageVisibilityBatch` of at most [`SQS_MAX_BATCH_ENTRIES`].
     async fn change_visibility(&self, messages: &[(String, Duration)]) -> PortResult<()> {
         let mut entries = Vec::with_capacity(messages.len());
         for (i, (handle, delay)) in messages.iter().enumerate() {
@@ -210,16 +225,13 @@ impl Redelivery for SqsQueue {
     async fn redeliver_after(&self, messages: &[(String, Duration)]) -> PortResult<()> {
         let results = futures::future::join_all(
             messages
-                .chunks(VISIBILITY_BATCH_MAX)
+                .chunks(SQS_MAX_BATCH_ENTRIES)
                 .map(|chunk| self.change_visibility(chunk)),
         )
         .await;
         results.into_iter().collect()
     }
 }
-
-/// SQS's longest `DelaySeconds`.
-const MAX_DELAY_S: u64 = 900;
 
 impl SqsQueue {
     async fn send_delayed(&self, msg: &OrderMessage, delay_s: u64) -> PortResult<()> {
@@ -228,7 +240,7 @@ impl SqsQueue {
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
-            .delay_seconds(delay_s.min(MAX_DELAY_S) as i32)
+            .delay_seconds(delay_s.min(u64::from(SQS_MAX_DELAY_SECONDS)) as i32)
             .send()
             .await
             .map_err(|e| crate::errors::port_error("sqs SendMessage", e))?;
@@ -245,6 +257,26 @@ impl Queue for SqsQueue {
         self.send_delayed(msg, delay.as_secs_f64().ceil() as u64)
             .await
     }
+}
+
+/// A queue's approximate depth: messages visible, and in flight (received, not yet deleted).
+pub async fn queue_depth(client: &Client, url: &str) -> PortResult<(u64, u64)> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| PortError::unavailable("sqs GetQueueAttributes", aws_sdk_sqs::Error::from(e)))?
+        .attributes
+        .unwrap_or_default();
+    let count = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((
+        count(A::ApproximateNumberOfMessages),
+        count(A::ApproximateNumberOfMessagesNotVisible),
+    ))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! Embedded Metric Format: one JSON line on stdout per record, which CloudWatch Logs turns
 //! into metrics with no API call and no agent.
 
+use flash_domain::limits::EMF_MAX_VALUES;
+
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -83,20 +85,38 @@ pub fn metrics(metrics: &[(&str, f64, Unit)], dimensions: &[(&str, &str)]) {
 }
 
 /// Prints one EMF record of `name` holding every value of `values` (CloudWatch takes up to
-/// 100 values a record, and computes percentiles over them).
+/// [`EMF_MAX_VALUES`] values a record, and computes percentiles over them).
 pub fn distribution(name: &str, values: &[f64], unit: Unit, dimensions: &[(&str, &str)]) {
     if !in_lambda() {
         return;
     }
-    for chunk in values.chunks(100) {
-        let mut record = emf(
-            &[(name, 0.0, unit)],
-            dimensions,
-            flash_domain::clock::now_ms(),
-        );
-        record[name] = serde_json::Value::from(chunk.to_vec());
+    for record in distribution_records(
+        name,
+        values,
+        unit,
+        dimensions,
+        flash_domain::clock::now_ms(),
+    ) {
         println!("{record}");
     }
+}
+
+/// The EMF records of [`distribution`]: at most 100 values each, EMF's limit per metric.
+pub fn distribution_records(
+    name: &str,
+    values: &[f64],
+    unit: Unit,
+    dimensions: &[(&str, &str)],
+    timestamp_ms: i64,
+) -> Vec<serde_json::Value> {
+    values
+        .chunks(EMF_MAX_VALUES)
+        .map(|chunk| {
+            let mut record = emf(&[(name, 0.0, unit)], dimensions, timestamp_ms);
+            record[name] = serde_json::Value::from(chunk.to_vec());
+            record
+        })
+        .collect()
 }
 
 /// Prints one metric as an EMF record.
@@ -107,6 +127,121 @@ pub fn metric(name: &str, value: f64, unit: Unit, dimensions: &[(&str, &str)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    /// The EMF specification's rules for one record (CloudWatch's "Embedded metric format
+    /// specification"): the `_aws` metadata with an integer `Timestamp` (epoch ms) and a
+    /// non-empty `CloudWatchMetrics` array; each directive with a `Namespace` string, a
+    /// `Dimensions` array of dimension sets (arrays of at most 30 names), and a `Metrics` array
+    /// of objects with a `Name` (and, if any, a `Unit` string); every dimension named present
+    /// as a top-level string member, every metric named present as a top-level number or
+    /// array of at most 100 numbers. Returns what breaks a rule.
+    fn spec_violations(record: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &record["_aws"];
+        if !aws.is_object() {
+            return vec!["no _aws object".into()];
+        }
+        if !aws["Timestamp"].is_i64() && !aws["Timestamp"].is_u64() {
+            out.push("_aws.Timestamp is not an integer".into());
+        }
+        let directives = aws["CloudWatchMetrics"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if directives.is_empty() {
+            out.push("_aws.CloudWatchMetrics is missing or empty".into());
+        }
+        for d in &directives {
+            if d["Namespace"].as_str().is_none_or(|n| n.is_empty()) {
+                out.push("a directive has no Namespace".into());
+            }
+            match d["Dimensions"].as_array() {
+                None => out.push("a directive has no Dimensions array".into()),
+                Some(sets) => {
+                    for set in sets {
+                        let names = set.as_array().cloned().unwrap_or_default();
+                        if !set.is_array() || names.len() > 30 {
+                            out.push(format!("dimension set {set} is not an array of up to 30"));
+                        }
+                        for name in names {
+                            match name.as_str() {
+                                Some(n) if record[n].is_string() => {}
+                                _ => out.push(format!("dimension {name} has no string value")),
+                            }
+                        }
+                    }
+                }
+            }
+            let metrics = d["Metrics"].as_array().cloned().unwrap_or_default();
+            if metrics.is_empty() {
+                out.push("a directive has no Metrics".into());
+            }
+            for m in metrics {
+                let Some(name) = m["Name"].as_str() else {
+                    out.push(format!("metric {m} has no Name"));
+                    continue;
+                };
+                if !m["Unit"].is_null() && !m["Unit"].is_string() {
+                    out.push(format!("metric {name}'s Unit is not a string"));
+                }
+                let value = &record[name];
+                let ok = value.is_number()
+                    || value.as_array().is_some_and(|v| {
+                        !v.is_empty() && v.len() <= 100 && v.iter().all(Value::is_number)
+                    });
+                if !ok {
+                    out.push(format!(
+                        "metric {name} has no number (or up to 100) at the top level"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_record_meets_the_emf_specifications_required_fields() {
+        let dims = [("Function", "process-orders")];
+        let mut records = vec![
+            emf(
+                &[
+                    ("Accepted", 3.0, Unit::Count),
+                    ("Rejected", 1.0, Unit::Count),
+                ],
+                &dims,
+                1,
+            ),
+            emf(
+                &[("ReconcilerViolations", 0.0, Unit::Count)],
+                &[],
+                1_800_000_000_000,
+            ),
+        ];
+        let values: Vec<f64> = (0..250).map(f64::from).collect();
+        let chunks =
+            distribution_records("TimeToDecisionMs", &values, Unit::Milliseconds, &dims, 5);
+        assert_eq!(
+            chunks.len(),
+            3,
+            "250 values make records of 100, 100 and 50"
+        );
+        records.extend(chunks);
+        for r in &records {
+            assert_eq!(spec_violations(r), Vec::<String>::new(), "{r}");
+        }
+        // The checker itself finds each broken rule.
+        let mut broken = records[0].clone();
+        broken.as_object_mut().unwrap().remove("Function");
+        broken.as_object_mut().unwrap().remove("Accepted");
+        broken["_aws"]["Timestamp"] = Value::from("now");
+        assert_eq!(
+            spec_violations(&broken).len(),
+            3,
+            "{:?}",
+            spec_violations(&broken)
+        );
+    }
 
     #[test]
     fn an_emf_record_declares_its_metrics_and_carries_their_values() {

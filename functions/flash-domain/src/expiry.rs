@@ -3,8 +3,8 @@
 //! `payment_timeout` and its units go back to a stock shard.
 //!
 //! No scan looks for such orders: `process-orders` schedules one delayed message per order it
-//! accepts ([`PaymentTimeouts`]), and `expire-orders` applies the timeout when the message
-//! arrives. SQS holds a message back for at most [`MAX_DELAY_SECONDS`], so a longer window is
+//! accepts ([`PaymentTimeouts`](crate::ports::PaymentTimeouts)), and `expire-orders` applies the timeout when the message
+//! arrives. SQS holds a message back for at most [`SQS_MAX_DELAY_SECONDS`], so a longer window is
 //! covered by sending the message again with what remains.
 //!
 //! Exactly once, whatever the timing: the timeout is one conditional write on
@@ -15,14 +15,11 @@
 
 use crate::clock::Millis;
 use crate::ids::OrderId;
+use crate::limits::SQS_MAX_DELAY_SECONDS;
 use crate::order::{transition, Event, Order, OrderStatus, Reason, Transition};
 use crate::ports::{Advance, PortError, PortResult, Store};
 use crate::product::Product;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-
-/// SQS's longest `DelaySeconds`: a message cannot be held back for more than 15 minutes.
-pub const MAX_DELAY_SECONDS: u32 = 900;
 
 /// Reads and writes one timeout may take before it gives up as contention: each lost race
 /// means the order changed, and after a change it is almost always settled.
@@ -69,34 +66,12 @@ impl PaymentDue {
 }
 
 /// Seconds from `now` until `expires_at`, rounded up so that the message never arrives
-/// before the deadline, and capped at [`MAX_DELAY_SECONDS`] (the receiver sends it again
+/// before the deadline, and capped at [`SQS_MAX_DELAY_SECONDS`] (the receiver sends it again
 /// when it arrives early because of the cap).
 pub fn delay_seconds(expires_at: Millis, now: Millis) -> u32 {
     let ms = expires_at.saturating_sub(now).max(0);
     let secs = ms / 1000 + i64::from(ms % 1000 != 0);
-    secs.min(i64::from(MAX_DELAY_SECONDS)) as u32
-}
-
-/// Timeouts that were not scheduled, and the first reason why. The caller keeps the work
-/// that needed them unfinished (an SQS record reported failed), so it is retried.
-#[derive(Debug, thiserror::Error)]
-#[error("{} payment timeout(s) not scheduled", orders.len())]
-pub struct Unscheduled {
-    pub orders: Vec<OrderId>,
-    #[source]
-    pub cause: PortError,
-}
-
-/// Where payment timeouts wait until they are due (the payment-timeouts queue).
-pub trait PaymentTimeouts: Send + Sync {
-    /// Schedules one timeout message per entry, delivered after
-    /// `min(delay_seconds(expires_at, now), MAX_DELAY_SECONDS)`. Scheduling an order twice is
-    /// harmless: the timeout is conditional.
-    fn schedule_timeouts(
-        &self,
-        due: &[PaymentDue],
-        now: Millis,
-    ) -> impl Future<Output = Result<(), Unscheduled>> + Send;
+    secs.min(i64::from(SQS_MAX_DELAY_SECONDS)) as u32
 }
 
 /// Which side of its payment deadline an order must be on for a transition to apply.
@@ -238,9 +213,12 @@ mod tests {
         assert_eq!(delay_seconds(10_000 + 900_000, 10_000), 900);
         assert_eq!(
             delay_seconds(10_000 + 86_400_000, 10_000),
-            MAX_DELAY_SECONDS
+            SQS_MAX_DELAY_SECONDS
         );
-        assert_eq!(delay_seconds(Millis::MAX, Millis::MIN), MAX_DELAY_SECONDS);
+        assert_eq!(
+            delay_seconds(Millis::MAX, Millis::MIN),
+            SQS_MAX_DELAY_SECONDS
+        );
     }
 
     #[test]
@@ -305,7 +283,7 @@ mod tests {
             per_user_limit: None,
             sale_starts_at: None,
             sale_ends_at: None,
-            payment_window_seconds: Some(3_600),
+            payment_window_seconds: Some(Some(3_600)),
             shards: None,
         }
         .into_product(Sku::parse("SKU-1").unwrap())
@@ -313,7 +291,7 @@ mod tests {
         let o = order(OrderStatus::Queued, None, None);
         let d = PaymentDue::accepted(o.id.clone(), &p, 1_000);
         assert_eq!(d.expires_at, 3_601_000);
-        assert_eq!(d.delay_seconds(1_000), MAX_DELAY_SECONDS);
+        assert_eq!(d.delay_seconds(1_000), SQS_MAX_DELAY_SECONDS);
         assert_eq!(PaymentDue::of(&o), None);
         let pending = order(OrderStatus::Pending, None, Some(7));
         assert_eq!(PaymentDue::of(&pending).map(|d| d.expires_at), Some(7));
@@ -358,7 +336,7 @@ mod tests {
         #[test]
         fn the_delay_reaches_the_deadline_within_a_second(expires_at in 0i64..3_000_000, now in 0i64..3_000_000) {
             let arrives = now + i64::from(delay_seconds(expires_at, now)) * 1000;
-            if delay_seconds(expires_at, now) < MAX_DELAY_SECONDS {
+            if delay_seconds(expires_at, now) < SQS_MAX_DELAY_SECONDS {
                 prop_assert!(arrives >= expires_at);
                 prop_assert!(arrives < expires_at.max(now) + 1000);
             } else {

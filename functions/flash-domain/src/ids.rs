@@ -154,6 +154,17 @@ impl IdempotencyKey {
     }
 }
 
+/// 32 lowercase hex digits naming a caller's `Idempotency-Key`: the same caller and key always
+/// give the same digest, and two callers' keys never collide.
+pub fn key_digest(user: &UserId, key: &IdempotencyKey) -> String {
+    let mut h = Sha256::new();
+    // Length-prefix the user so ("ab","c") and ("a","bc") cannot produce the same input.
+    h.update((user.as_str().len() as u64).to_be_bytes());
+    h.update(user.as_str());
+    h.update(key.as_str());
+    hex::encode(&h.finalize()[..16])
+}
+
 /// An order's id: 32 lowercase hex digits. Derived from caller and idempotency key, so the
 /// same request always lands on the same item, and two callers' keys never collide.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -162,12 +173,7 @@ pub struct OrderId(String);
 
 impl OrderId {
     pub fn derive(user: &UserId, key: &IdempotencyKey) -> Self {
-        let mut h = Sha256::new();
-        // Length-prefix the user so ("ab","c") and ("a","bc") cannot produce the same input.
-        h.update((user.as_str().len() as u64).to_be_bytes());
-        h.update(user.as_str());
-        h.update(key.as_str());
-        Self(hex::encode(&h.finalize()[..16]))
+        Self(key_digest(user, key))
     }
 
     pub fn parse(s: &str) -> Result<Self, ValidationError> {

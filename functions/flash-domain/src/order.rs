@@ -2,7 +2,7 @@
 //! the table and property tests exercise for every (status, event) pair; the storage adapter
 //! turns its answer into one conditional write on `status = :from`.
 
-use crate::clock::{to_rfc3339, Millis};
+use crate::clock::Millis;
 use crate::ids::{OrderId, Quantity, Sku, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,12 @@ impl OrderStatus {
             self,
             Self::Pending | Self::Paid | Self::Shipped | Self::Completed
         )
+    }
+
+    /// Whether an order in this status still counts against its buyer's per-user limit
+    /// (queued, or holding stock).
+    pub fn admission_live(self) -> bool {
+        self == Self::Queued || self.holds_stock()
     }
 }
 
@@ -272,22 +278,6 @@ pub struct Order {
 }
 
 impl Order {
-    pub fn view(&self) -> OrderView {
-        OrderView {
-            order_id: self.id.clone(),
-            sku: self.sku.clone(),
-            quantity: self.quantity,
-            status: self.status,
-            reason: self.reason,
-            created_at: to_rfc3339(self.created_at),
-            updated_at: to_rfc3339(self.updated_at),
-            expires_at: self
-                .expires_at
-                .filter(|_| self.status == OrderStatus::Pending)
-                .map(to_rfc3339),
-        }
-    }
-
     /// Applies `t` in memory, as the storage write did.
     pub fn apply(&mut self, t: &Transition, now: Millis) {
         self.status = t.to;
@@ -299,37 +289,13 @@ impl Order {
     }
 }
 
-/// The order as `GET /orders/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrderView {
-    pub order_id: OrderId,
-    pub sku: Sku,
-    pub quantity: Quantity,
-    pub status: OrderStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Reason>,
-    pub created_at: String,
-    pub updated_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-}
-
-/// The body of `POST /orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderRequest {
-    pub sku: Sku,
-    pub quantity: Quantity,
-}
-
-impl OrderRequest {
-    /// A digest of the request's meaning, not its bytes: key order and whitespace do not
-    /// matter, so a client that re-serialises its retry is still recognised.
-    pub fn fingerprint(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let canonical = format!("sku={}\nquantity={}", self.sku, self.quantity.get());
-        hex::encode(&Sha256::digest(canonical.as_bytes())[..16])
-    }
+/// A digest of an order request's meaning, not its bytes: the order's `fingerprint`. Key
+/// order and whitespace do not matter, so a client that re-serialises its retry is still
+/// recognised as the same request (and a reused key with another body is not).
+pub fn request_fingerprint(sku: &Sku, quantity: Quantity) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = format!("sku={sku}\nquantity={}", quantity.get());
+    hex::encode(&Sha256::digest(canonical.as_bytes())[..16])
 }
 
 /// The SQS message body `place-order` sends and `process-orders` reads.

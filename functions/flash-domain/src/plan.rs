@@ -4,12 +4,10 @@
 
 use crate::clock::Millis;
 use crate::ids::{OrderId, Quantity, UserId};
+use crate::limits::TRANSACT_WRITE_MAX_ITEMS;
 use crate::order::{Reason, ShardTake};
 use crate::ports::ShardStock;
 use std::collections::HashMap;
-
-/// DynamoDB's cap on items in one `TransactWriteItems`.
-pub const MAX_TRANSACTION_ITEMS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -81,7 +79,7 @@ pub fn plan(
             }
         }
         let new_counter = usize::from(limit.is_some() && !counted.contains_key(&c.user));
-        if items + 1 + new_shards + new_counter > MAX_TRANSACTION_ITEMS {
+        if items + 1 + new_shards + new_counter > TRANSACT_WRITE_MAX_ITEMS {
             p.deferred.push(i);
             continue;
         }
@@ -186,7 +184,7 @@ mod tests {
         let c: Vec<_> = (0..150).map(|i| cand(i, &format!("u{i}"), 1)).collect();
         let p = plan(&c, &shards(&[1000]), Some(5), &HashMap::new(), 0);
         let items = p.takes.len() + p.accepted.len() + p.counters.len();
-        assert!(items <= MAX_TRANSACTION_ITEMS);
+        assert!(items <= TRANSACT_WRITE_MAX_ITEMS);
         assert_eq!(p.accepted.len() + p.deferred.len(), 150);
     }
 
@@ -211,7 +209,7 @@ mod tests {
                 prop_assert_eq!(takes.iter().map(|t| t.units).sum::<u32>(), c[*i].quantity.get());
             }
             let items = p.takes.len() + p.accepted.len() + p.counters.len();
-            prop_assert!(items <= MAX_TRANSACTION_ITEMS);
+            prop_assert!(items <= TRANSACT_WRITE_MAX_ITEMS);
             // Every candidate is decided exactly once.
             let mut seen: Vec<usize> = p.accepted.iter().map(|a| a.0)
                 .chain(p.rejected.iter().map(|r| r.0)).chain(p.deferred.iter().copied()).collect();

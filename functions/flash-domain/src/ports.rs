@@ -1,10 +1,15 @@
-//! The narrow interfaces the functions need from storage and the queue. The AWS adapters
-//! implement them over DynamoDB and SQS; tests implement them in memory.
+//! Every port: the narrow interfaces the functions need from storage ([`Store`]), the
+//! per-caller rate limit ([`RateLimit`]), the orders queue ([`Queue`]), the payment-timeouts
+//! queue ([`PaymentTimeouts`]), a consumer's hand-back of failed records ([`Redelivery`]) and
+//! the reconciler's reads ([`Ledger`]).
+//! The AWS adapters implement them over DynamoDB and SQS; tests implement them in memory.
 
 use crate::clock::Millis;
+use crate::expiry::PaymentDue;
 use crate::ids::{OrderId, Sku, UserId};
+use crate::invariant_check::{Audit, Deadlines};
 use crate::order::{Order, OrderMessage, Reason, ShardTake, Transition};
-use crate::product::Product;
+use crate::product::{Product, ProductPut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -107,6 +112,29 @@ pub struct CommitRefused {
     pub conflict: bool,
 }
 
+/// What an admin's `Idempotency-Key` leaves beside the product write it came with, written in
+/// the same transaction: a retry finds it and adds nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The caller and the key ([`crate::ids::key_digest`]).
+    pub id: String,
+    /// The request's [`ProductPut::fingerprint`].
+    pub fingerprint: String,
+    /// Whether the request created the product (it answered `201`; a restock `200`).
+    pub created: bool,
+}
+
+/// How a product write went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductWrite {
+    Written,
+    /// Nothing written: the product was created meanwhile (a create), or is missing or had its
+    /// sale window changed since it was read (a restock). Read it again.
+    Raced,
+    /// Nothing written: the key came with an earlier write, recorded so.
+    KeyUsed(KeyRecord),
+}
+
 pub enum Advance {
     Done(Order),
     /// The order changed since it was read (or is not the caller's): read it again.
@@ -115,20 +143,41 @@ pub enum Advance {
 
 pub trait Store: Send + Sync {
     fn get_product(&self, sku: &Sku) -> impl Future<Output = PortResult<Option<Product>>> + Send;
-    /// Creates the product with its first stock; `false` when it exists already.
+    /// Several products, read consistently; unknown ones are left out. A batch of orders
+    /// spanning many products reads them all at once (DynamoDB: one `BatchGetItem` per 100).
+    /// The default reads them one by one.
+    fn get_products(
+        &self,
+        skus: &[Sku],
+    ) -> impl Future<Output = PortResult<HashMap<Sku, Product>>> + Send {
+        async move {
+            let mut out = HashMap::new();
+            for sku in skus {
+                if let Some(p) = self.get_product(sku).await? {
+                    out.insert(sku.clone(), p);
+                }
+            }
+            Ok(out)
+        }
+    }
+    /// Creates the product with its first stock (`stock`: units per shard), and `key`'s
+    /// record in the same write; `Raced` when the product exists already.
     fn create_product(
         &self,
         product: &Product,
         stock: &[(u32, u64)],
-    ) -> impl Future<Output = PortResult<bool>> + Send;
-    /// Updates the product's settings and adds stock to its shards; `false` when it does not
-    /// exist.
+        key: Option<&KeyRecord>,
+    ) -> impl Future<Output = PortResult<ProductWrite>> + Send;
+    /// Adds `put.stock` units (`stock`: units per shard) to the product, sets its name,
+    /// changes the settings `put` names and keeps the others, and writes `key`'s record, all
+    /// in one write. `Raced` when the product is missing, or when a sale window bound `put`
+    /// keeps no longer fits the one it sets (it changed since the caller checked them).
     fn add_stock(
         &self,
-        product: &Product,
-        added: u64,
+        put: &ProductPut,
         stock: &[(u32, u64)],
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+        key: Option<&KeyRecord>,
+    ) -> impl Future<Output = PortResult<ProductWrite>> + Send;
     /// Flags the product sold out, on condition that no stock came back since `product` was
     /// read (its `restocks` count has not moved); `false` if some did. The caller must have
     /// seen every shard empty in a read made after reading `product`.
@@ -143,6 +192,20 @@ pub trait Store: Send + Sync {
         &self,
         product: &Product,
     ) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send;
+    /// [`Store::read_shards`] of several products at once (DynamoDB: one `BatchGetItem` per
+    /// 100 shards), by SKU. The default reads them product by product.
+    fn read_shards_of(
+        &self,
+        products: &[&Product],
+    ) -> impl Future<Output = PortResult<HashMap<Sku, Vec<ShardStock>>>> + Send {
+        async move {
+            let mut out = HashMap::new();
+            for p in products {
+                out.insert(p.sku.clone(), self.read_shards(p).await?);
+            }
+            Ok(out)
+        }
+    }
     /// Units each buyer has bought of `sku`, read consistently; absent means none.
     fn read_bought(
         &self,
@@ -189,15 +252,6 @@ pub trait Store: Send + Sync {
         owner: Option<&UserId>,
         now: Millis,
     ) -> impl Future<Output = PortResult<Advance>> + Send;
-
-    /// Takes one token from `caller`'s rate-limit bucket (shared by every instance of every
-    /// write route) at `now`; `Err(wait)` when it is empty and the next token comes after
-    /// `wait`. At most one small write; always `Ok(())` when the store has no limit set.
-    fn take_token(
-        &self,
-        caller: &UserId,
-        now: Millis,
-    ) -> impl Future<Output = PortResult<Result<(), Duration>>> + Send;
 }
 
 /// Where a queue consumer hands back the messages it reports failed, so they are delivered
@@ -215,10 +269,85 @@ pub trait Redelivery: Send + Sync {
 pub trait Queue: Send + Sync {
     fn send(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<()>> + Send;
     /// Sends `msg` to be delivered no earlier than `delay` from now (SQS holds a message back
-    /// for at most 15 minutes).
+    /// for at most [`SQS_MAX_DELAY_SECONDS`](crate::limits::SQS_MAX_DELAY_SECONDS)).
     fn send_later(
         &self,
         msg: &OrderMessage,
         delay: Duration,
     ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// The per-caller rate limit on the write routes: a token bucket per caller, shared by every
+/// instance of every write route. Its setting is the edge's: each function's constructor
+/// chooses it from its environment.
+pub trait RateLimit: Send + Sync {
+    /// Takes one token from `caller`'s bucket at `now`; `Err(wait)` when it is empty and the
+    /// next token comes after `wait`. At most one small write.
+    fn take_token(
+        &self,
+        caller: &UserId,
+        now: Millis,
+    ) -> impl Future<Output = PortResult<Result<(), Duration>>> + Send;
+}
+
+/// No rate limit: every request gets its token, and nothing is reached to give it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl RateLimit for Unlimited {
+    async fn take_token(&self, _: &UserId, _: Millis) -> PortResult<Result<(), Duration>> {
+        Ok(Ok(()))
+    }
+}
+
+/// A limit that may be switched off (`None`: [`Unlimited`]), as the settings allow.
+impl<R: RateLimit> RateLimit for Option<R> {
+    async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
+        match self {
+            Some(limit) => limit.take_token(caller, now).await,
+            None => Ok(Ok(())),
+        }
+    }
+}
+
+/// Timeouts that were not scheduled, and the first reason why. The caller keeps the work
+/// that needed them unfinished (an SQS record reported failed), so it is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{} payment timeout(s) not scheduled", orders.len())]
+pub struct Unscheduled {
+    pub orders: Vec<OrderId>,
+    #[source]
+    pub cause: PortError,
+}
+
+/// Where payment timeouts wait until they are due (the payment-timeouts queue).
+pub trait PaymentTimeouts: Send + Sync {
+    /// Schedules one timeout message per entry, delivered after
+    /// `min(delay_seconds(expires_at, now), SQS_MAX_DELAY_SECONDS)`. Scheduling an order twice is
+    /// harmless: the timeout is conditional.
+    fn schedule_timeouts(
+        &self,
+        due: &[PaymentDue],
+        now: Millis,
+    ) -> impl Future<Output = Result<(), Unscheduled>> + Send;
+}
+
+/// The reads the reconciler makes (read-only). The DynamoDB adapter implements them over the
+/// table, the tests over the in-memory store; both judge by [`crate::invariant_check`].
+pub trait Ledger: Send + Sync {
+    /// Every product, and every SKU an order names, judged from one pass over the table in
+    /// memory that does not grow with the number of orders ([`crate::invariant_check::Tally`]).
+    /// The pass is not a snapshot: while stock moves a product can look wrong in it, and
+    /// [`Ledger::audit_settled`] tells.
+    fn tally_all(
+        &self,
+        deadlines: &Deadlines,
+    ) -> impl Future<Output = PortResult<Vec<Audit>>> + Send;
+    /// One product re-read and judged whole ([`crate::invariant_check::check_at`], buyers named),
+    /// or `None` when stock or a disagreeing buyer's counts moved while it was read.
+    fn audit_settled(
+        &self,
+        sku: &Sku,
+        deadlines: &Deadlines,
+    ) -> impl Future<Output = PortResult<Option<Audit>>> + Send;
 }

@@ -1,8 +1,8 @@
 //! Products: what an admin's `PUT /products/{sku}` may say, and the sale window.
 
-use crate::clock::{parse_rfc3339, to_rfc3339, Millis};
+use crate::clock::{parse_rfc3339, Millis};
 use crate::ids::{Sku, ValidationError};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Stock split across more shard items than this buys nothing: a batch of 50 orders (the
 /// template's batch size) touches a handful of shards at most.
@@ -43,18 +43,6 @@ impl Product {
         self.sale_starts_at.is_none_or(|s| at >= s) && self.sale_ends_at.is_none_or(|e| at < e)
     }
 
-    pub fn view(&self, available: u64) -> ProductView {
-        ProductView {
-            sku: self.sku.clone(),
-            name: self.name.clone(),
-            available,
-            sold_out: available == 0,
-            sale_starts_at: self.sale_starts_at.map(to_rfc3339),
-            sale_ends_at: self.sale_ends_at.map(to_rfc3339),
-            per_user_limit: self.per_user_limit,
-        }
-    }
-
     /// How `units` new units spread over the shards: evenly, the remainder on the first ones.
     pub fn split(&self, units: u64) -> Vec<(u32, u64)> {
         let n = u64::from(self.shards);
@@ -65,15 +53,139 @@ impl Product {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProductView {
+/// One optional setting of a `PUT /products/{sku}`: left out, `null`, or a value. On an
+/// existing product a setting left out keeps its value and `null` clears it, so a restock that
+/// names only its stock cannot erase a running sale's limit or window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Change<T> {
+    #[default]
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T: Copy> Change<T> {
+    /// The value after the change, from the value before it.
+    pub fn apply(self, current: Option<T>) -> Option<T> {
+        match self {
+            Change::Keep => current,
+            Change::Clear => None,
+            Change::Set(v) => Some(v),
+        }
+    }
+}
+
+/// The settings a `PUT /products/{sku}` changes. Clearing `payment_window_seconds` puts back
+/// the default window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub per_user_limit: Change<u32>,
+    pub sale_starts_at: Change<Millis>,
+    pub sale_ends_at: Change<Millis>,
+    pub payment_window_seconds: Change<u32>,
+}
+
+/// A checked `PUT /products/{sku}`: a new product, or stock added to an existing one with the
+/// settings it names changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductPut {
     pub sku: Sku,
     pub name: String,
-    pub available: u64,
-    pub sold_out: bool,
-    pub sale_starts_at: Option<String>,
-    pub sale_ends_at: Option<String>,
-    pub per_user_limit: Option<u32>,
+    /// The units this request adds (the first delivery of a new product).
+    pub stock: u64,
+    /// Chosen by the admin; only a new product uses it, the shard count never changes.
+    pub shards: Option<u32>,
+    pub settings: Settings,
+}
+
+impl ProductPut {
+    /// The product this request creates: settings left out or `null` take their defaults.
+    pub fn new_product(&self) -> Product {
+        let shards = self.shards.unwrap_or_else(|| {
+            self.stock
+                .div_ceil(UNITS_PER_SHARD)
+                .clamp(1, u64::from(MAX_SHARDS)) as u32
+        });
+        let s = self.settings;
+        Product {
+            sku: self.sku.clone(),
+            name: self.name.clone(),
+            stock_added: self.stock,
+            per_user_limit: s.per_user_limit.apply(None),
+            sale_starts_at: s.sale_starts_at.apply(None),
+            sale_ends_at: s.sale_ends_at.apply(None),
+            payment_window_seconds: s
+                .payment_window_seconds
+                .apply(None)
+                .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS),
+            shards,
+            sold_out: false,
+            restocks: 0,
+        }
+    }
+
+    /// `existing` after this request: its stock added, the settings named changed, the others
+    /// kept; refused when the sale window it leaves ends before it starts.
+    pub fn restocked(&self, existing: &Product) -> Result<Product, ValidationError> {
+        let s = self.settings;
+        let product = Product {
+            name: self.name.clone(),
+            stock_added: existing.stock_added + self.stock,
+            per_user_limit: s.per_user_limit.apply(existing.per_user_limit),
+            sale_starts_at: s.sale_starts_at.apply(existing.sale_starts_at),
+            sale_ends_at: s.sale_ends_at.apply(existing.sale_ends_at),
+            payment_window_seconds: s
+                .payment_window_seconds
+                .apply(Some(existing.payment_window_seconds))
+                .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS),
+            ..existing.clone()
+        };
+        check_window(product.sale_starts_at, product.sale_ends_at)?;
+        Ok(product)
+    }
+
+    /// A digest of the request's meaning (not its bytes), so a retry with the same
+    /// `Idempotency-Key` is recognised however it was serialised, and another request under
+    /// that key is not.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        fn change<T: std::fmt::Display>(c: Change<T>) -> String {
+            match c {
+                Change::Keep => "keep".into(),
+                Change::Clear => "clear".into(),
+                Change::Set(v) => format!("set {v}"),
+            }
+        }
+        let s = self.settings;
+        let canonical = format!(
+            "sku={}\nname={}\nstock={}\nshards={:?}\nper_user_limit={}\nsale_starts_at={}\nsale_ends_at={}\npayment_window_seconds={}",
+            self.sku,
+            self.name,
+            self.stock,
+            self.shards,
+            change(s.per_user_limit),
+            change(s.sale_starts_at),
+            change(s.sale_ends_at),
+            change(s.payment_window_seconds),
+        );
+        hex::encode(&Sha256::digest(canonical.as_bytes())[..16])
+    }
+}
+
+fn check_window(starts: Option<Millis>, ends: Option<Millis>) -> Result<(), ValidationError> {
+    match (starts, ends) {
+        (Some(s), Some(e)) if e <= s => Err(bad("sale_ends_at must be after sale_starts_at")),
+        _ => Ok(()),
+    }
+}
+
+/// A field that may be left out (`None`), sent as `null` (`Some(None)`) or given a value.
+fn explicit<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The body of `PUT /products/{sku}` as it arrives.
@@ -82,14 +194,14 @@ pub struct ProductView {
 pub struct ProductSpec {
     pub name: String,
     pub stock: i64,
-    #[serde(default)]
-    pub per_user_limit: Option<i64>,
-    #[serde(default)]
-    pub sale_starts_at: Option<String>,
-    #[serde(default)]
-    pub sale_ends_at: Option<String>,
-    #[serde(default)]
-    pub payment_window_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "explicit")]
+    pub per_user_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "explicit")]
+    pub sale_starts_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit")]
+    pub sale_ends_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit")]
+    pub payment_window_seconds: Option<Option<i64>>,
     /// How many shard items hold the stock; chosen from the stock size when absent.
     #[serde(default)]
     pub shards: Option<i64>,
@@ -99,10 +211,21 @@ fn bad(msg: &str) -> ValidationError {
     ValidationError(msg.to_owned())
 }
 
+/// A field left out, `null`, or checked by `parse`.
+fn change<T, U>(
+    field: Option<Option<T>>,
+    parse: impl FnOnce(T) -> Result<U, ValidationError>,
+) -> Result<Change<U>, ValidationError> {
+    Ok(match field {
+        None => Change::Keep,
+        Some(None) => Change::Clear,
+        Some(Some(v)) => Change::Set(parse(v)?),
+    })
+}
+
 impl ProductSpec {
-    /// Checks every field and returns the product it describes, with `stock` units as its
-    /// first delivery.
-    pub fn into_product(self, sku: Sku) -> Result<(Product, u64), ValidationError> {
+    /// Checks every field.
+    pub fn parse(self, sku: Sku) -> Result<ProductPut, ValidationError> {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(bad("name must be 1 to 200 characters"));
@@ -111,57 +234,58 @@ impl ProductSpec {
             .ok()
             .filter(|s| (1..=MAX_STOCK).contains(s))
             .ok_or_else(|| bad("stock must be an integer from 1 to 1000000000"))?;
-        let per_user_limit = match self.per_user_limit {
-            None => None,
-            Some(n) => Some(
-                u32::try_from(n)
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("per_user_limit must be a positive integer"))?,
-            ),
-        };
-        let time = |s: Option<String>, field: &str| match s {
-            None => Ok(None),
-            Some(s) => parse_rfc3339(&s)
-                .map(Some)
-                .ok_or_else(|| bad(&format!("{field} must be an RFC 3339 timestamp"))),
-        };
-        let sale_starts_at = time(self.sale_starts_at, "sale_starts_at")?;
-        let sale_ends_at = time(self.sale_ends_at, "sale_ends_at")?;
-        if let (Some(s), Some(e)) = (sale_starts_at, sale_ends_at) {
-            if e <= s {
-                return Err(bad("sale_ends_at must be after sale_starts_at"));
+        let per_user_limit = change(self.per_user_limit, |n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| bad("per_user_limit must be a positive integer"))
+        })?;
+        let time = |field: &str| {
+            let field = field.to_owned();
+            move |s: String| {
+                parse_rfc3339(&s)
+                    .ok_or_else(|| bad(&format!("{field} must be an RFC 3339 timestamp")))
             }
+        };
+        let sale_starts_at = change(self.sale_starts_at, time("sale_starts_at"))?;
+        let sale_ends_at = change(self.sale_ends_at, time("sale_ends_at"))?;
+        if let (Change::Set(s), Change::Set(e)) = (sale_starts_at, sale_ends_at) {
+            check_window(Some(s), Some(e))?;
         }
-        let payment_window_seconds = match self.payment_window_seconds {
-            None => DEFAULT_PAYMENT_WINDOW_SECONDS,
-            Some(n) => u32::try_from(n)
+        let payment_window_seconds = change(self.payment_window_seconds, |n| {
+            u32::try_from(n)
                 .ok()
                 .filter(|n| (1..=86_400).contains(n))
-                .ok_or_else(|| bad("payment_window_seconds must be an integer from 1 to 86400"))?,
-        };
-        let shards = match self.shards {
-            None => stock
-                .div_ceil(UNITS_PER_SHARD)
-                .clamp(1, u64::from(MAX_SHARDS)) as u32,
-            Some(n) => u32::try_from(n)
-                .ok()
-                .filter(|n| (1..=MAX_SHARDS).contains(n))
-                .ok_or_else(|| bad("shards must be an integer from 1 to 64"))?,
-        };
-        let product = Product {
+                .ok_or_else(|| bad("payment_window_seconds must be an integer from 1 to 86400"))
+        })?;
+        let shards = self
+            .shards
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=MAX_SHARDS).contains(n))
+                    .ok_or_else(|| bad("shards must be an integer from 1 to 64"))
+            })
+            .transpose()?;
+        Ok(ProductPut {
             sku,
             name: name.to_owned(),
-            stock_added: stock,
-            per_user_limit,
-            sale_starts_at,
-            sale_ends_at,
-            payment_window_seconds,
+            stock,
             shards,
-            sold_out: false,
-            restocks: 0,
-        };
-        Ok((product, stock))
+            settings: Settings {
+                per_user_limit,
+                sale_starts_at,
+                sale_ends_at,
+                payment_window_seconds,
+            },
+        })
+    }
+
+    /// Checks every field and returns the new product it describes, with `stock` units as its
+    /// first delivery.
+    pub fn into_product(self, sku: Sku) -> Result<(Product, u64), ValidationError> {
+        let put = self.parse(sku)?;
+        Ok((put.new_product(), put.stock))
     }
 }
 

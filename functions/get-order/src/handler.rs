@@ -2,7 +2,7 @@
 //! told it does not exist, so order ids cannot be probed.
 
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::http::{caller, json, respond, ApiError};
+use flash_aws::http::{caller, json, respond, ApiError, OrderView};
 use flash_aws::DynamoStore;
 use flash_domain::ports::Store;
 use lambda_http::{Body, Request, Response};
@@ -27,6 +27,6 @@ impl<S: Store> GetOrder<S> {
 
     async fn get(&self, req: &Request) -> Result<Response<Body>, ApiError> {
         let order = caller(req)?.order(&self.store, req).await?;
-        Ok(json(200, &order.view()))
+        Ok(json(200, &OrderView::of(&order)))
     }
 }

@@ -1,14 +1,10 @@
-use flash_aws::{Aws, Env};
+use flash_aws::http::serve;
 use get_order::GetOrder;
-use lambda_http::{run, service_fn, Error};
+use lambda_http::Error;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    flash_aws::telemetry::init();
-    let aws = Aws::new(flash_aws::config::sdk_config().await);
-    let handler = &GetOrder::from_env(&aws, &Env::process())?;
-    run(service_fn(|req| async move {
-        Ok::<_, Error>(handler.handle(req).await)
-    }))
-    .await
+    let (aws, env) = flash_aws::start().await;
+    let handler = &GetOrder::from_env(&aws, &env)?;
+    serve(|req| handler.handle(req)).await
 }

@@ -17,16 +17,17 @@
 //! with `Retry-After` at once, before anything is called (save the order read, while only the
 //! SQS breaker is open).
 
-use flash_aws::breaker::CircuitBreaker;
 use flash_aws::config::{self, Aws, ConfigError, Env};
-use flash_aws::http::{caller, header, json, json_body, respond, ApiError};
+use flash_aws::dependency_breaker::CircuitBreaker;
+use flash_aws::dynamo::DynamoRateLimit;
+use flash_aws::http::{caller, header, json, json_body, respond, ApiError, OrderRequest};
 use flash_aws::{DynamoStore, SqsQueue};
-use flash_domain::breaker::BreakerConfig;
+use flash_domain::breaker_state::BreakerConfig;
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::ports::{CreateOrder, Queue, Store};
+use flash_domain::ports::{CreateOrder, Queue, RateLimit, Store, Unlimited};
 use flash_domain::token_bucket::retry_after_secs;
 use flash_domain::{
-    IdempotencyKey, Order, OrderId, OrderMessage, OrderRequest, OrderStatus, Product, Sku, UserId,
+    IdempotencyKey, Order, OrderId, OrderMessage, OrderStatus, Product, Sku, UserId,
 };
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
@@ -44,43 +45,65 @@ pub const PRODUCT_TTL: Duration = Duration::from_millis(250);
 /// write fails, or the function dies between the two, and the buyer never retries, the copy
 /// still gets the order decided. A copy of an order decided by then, never written, or written
 /// with another body changes nothing (`process-orders` acknowledges it).
-pub const REDRIVE_AFTER: Duration = Duration::from_secs(900);
+pub const REDRIVE_AFTER: Duration = Duration::from_secs(config::REDRIVE_DELAY_SECONDS);
 
 /// The name the breakers log and meter under.
 const FUNCTION: &str = "place-order";
 
-pub struct PlaceOrder<S, Q> {
+/// `R` is the per-caller rate limit: none unless [`PlaceOrder::with_rate_limit`] sets one.
+pub struct PlaceOrder<S, Q, R = Unlimited> {
     pub store: S,
     pub queue: Q,
+    pub rate_limit: R,
     products: Mutex<HashMap<Sku, (Instant, Product)>>,
     redrive_after: Duration,
     dynamodb: CircuitBreaker,
     sqs: CircuitBreaker,
 }
 
-impl PlaceOrder<DynamoStore, SqsQueue> {
+/// The deployed function: its rate limit in the table, unless its settings turn it off.
+pub type Deployed = PlaceOrder<DynamoStore, SqsQueue, Option<DynamoRateLimit>>;
+
+impl Deployed {
     /// The deployed function from its environment: `TABLE_NAME`, `ORDERS_QUEUE_URL`, the
     /// rate limit, the breakers and `REDRIVE_DELAY_SECONDS`. A bad setting fails start-up.
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
-        let store = aws
-            .store(config::table_name(env)?)
-            .with_rate_limit(config::rate_limit(env)?);
-        Ok(Self::new(store, aws.queue(config::orders_queue_url(env)?))
-            .with_breakers(config::breakers(env)?)
-            .with_redrive_delay(config::redrive_delay(env)?))
+        let table = config::table_name(env)?;
+        Ok(
+            PlaceOrder::new(aws.store(table), aws.queue(config::orders_queue_url(env)?))
+                .with_rate_limit(aws.rate_limit(table, config::rate_limit(env)?))
+                .with_breakers(config::breakers(env)?)
+                .with_redrive_delay(config::redrive_delay(env)?),
+        )
     }
 }
 
 impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
-    /// With the default breakers ([`BreakerConfig::default`]).
+    /// With no rate limit and the default breakers ([`BreakerConfig::default`]).
     pub fn new(store: S, queue: Q) -> Self {
         Self {
             store,
             queue,
+            rate_limit: Unlimited,
             products: Mutex::default(),
             redrive_after: REDRIVE_AFTER,
             dynamodb: CircuitBreaker::new(FUNCTION, "dynamodb", BreakerConfig::default()),
             sqs: CircuitBreaker::new(FUNCTION, "sqs", BreakerConfig::default()),
+        }
+    }
+}
+
+impl<S: Store, Q: Queue, R: RateLimit> PlaceOrder<S, Q, R> {
+    /// Takes a token from `rate_limit` before each order it writes.
+    pub fn with_rate_limit<L: RateLimit>(self, rate_limit: L) -> PlaceOrder<S, Q, L> {
+        PlaceOrder {
+            store: self.store,
+            queue: self.queue,
+            rate_limit,
+            products: self.products,
+            redrive_after: self.redrive_after,
+            dynamodb: self.dynamodb,
+            sqs: self.sqs,
         }
     }
 
@@ -238,7 +261,7 @@ impl<S: Store, Q: Queue> PlaceOrder<S, Q> {
         // called: with no limit set it reaches nothing, so its success proves nothing.
         if let Err(wait) = self
             .dynamodb
-            .watch(self.store.take_token(user, now_ms()))
+            .watch(self.rate_limit.take_token(user, now_ms()))
             .await?
         {
             return Ok(Gate::Refused(ApiError::RateLimited {

@@ -23,10 +23,11 @@ use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::telemetry::{self, Unit};
 use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::commit::{by_product, decide_group, Deadline, GroupReport};
-use flash_domain::expiry::{PaymentDue, PaymentTimeouts};
-use flash_domain::ports::{PortError, Redelivery, Store};
-use flash_domain::{Order, OrderId, OrderMessage, Reason};
+use flash_domain::commit::{by_product, decide_group_from, Deadline, GroupReport};
+use flash_domain::expiry::PaymentDue;
+use flash_domain::ports::{PaymentTimeouts, PortError, PortResult, Redelivery, ShardStock, Store};
+use flash_domain::{Order, OrderId, OrderMessage, Product, Reason, Sku};
+use futures::stream::{self, StreamExt};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -39,6 +40,11 @@ use std::time::Duration;
 /// failed. A function killed at its timeout fails its whole batch, and every record of it then
 /// waits out the queue's visibility timeout.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Product groups of one batch decided at once. Each holds a transaction in flight at a time,
+/// so this bounds the invocation's concurrent DynamoDB requests (and the SDK connections they
+/// need) while a batch of 50 orders over 40 products takes three rounds instead of 40.
+pub const GROUP_CONCURRENCY: usize = 16;
 
 /// What one batch did, for logs and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -190,32 +196,55 @@ impl<S: Store, T: PaymentTimeouts> ProcessOrders<S, T> {
             now: now_ms,
             pause: tokio::time::sleep,
         };
-        for (sku, group) in by_product(orders) {
-            let result = match self.store.get_product(&sku).await {
-                Ok(Some(product)) => {
-                    let decided =
-                        decide_group(&self.store, &product, &group, now, start, &until).await;
-                    if let Ok(r) = &decided {
-                        report.due.extend(
-                            r.accepted
-                                .iter()
-                                .map(|id| PaymentDue::accepted(id.clone(), &product, now)),
-                        );
-                        report
-                            .due
-                            .extend(r.found_pending.iter().filter_map(PaymentDue::of));
-                    }
-                    decided
-                }
-                Ok(None) => {
-                    tracing::warn!(sku = %sku, "orders for an unknown product");
-                    failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
-                    continue;
-                }
-                Err(e) => Err(e),
+        let groups = by_product(orders);
+        let (products, shards) = match self.read_catalog(&groups).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the batch's products failed");
+                failed.extend(
+                    groups
+                        .iter()
+                        .flat_map(|(_, g)| g)
+                        .flat_map(|o| carriers[&o.id].iter().cloned()),
+                );
+                return (failed, report, carriers);
+            }
+        };
+        // Each product's group is decided on its own stock, so the groups go concurrently: a
+        // batch spanning 40 products waits for a few rounds of transactions, not 40 of them.
+        let until = &until;
+        let decided: Vec<_> = stream::iter(groups.into_iter().map(|(sku, group)| {
+            let product = products.get(&sku).cloned();
+            let known = shards.get(&sku).cloned();
+            async move {
+                let result = match &product {
+                    Some(p) => Some(
+                        decide_group_from(&self.store, p, &group, now, start, until, known).await,
+                    ),
+                    None => None,
+                };
+                (sku, group, product, result)
+            }
+        }))
+        .buffer_unordered(GROUP_CONCURRENCY)
+        .collect()
+        .await;
+        for (sku, group, product, result) in decided {
+            let (Some(product), Some(result)) = (product, result) else {
+                tracing::warn!(sku = %sku, "orders for an unknown product");
+                failed.extend(group.iter().flat_map(|o| carriers[&o.id].iter().cloned()));
+                continue;
             };
             match result {
                 Ok(r) => {
+                    report.due.extend(
+                        r.accepted
+                            .iter()
+                            .map(|id| PaymentDue::accepted(id.clone(), &product, now)),
+                    );
+                    report
+                        .due
+                        .extend(r.found_pending.iter().filter_map(PaymentDue::of));
                     emit_metrics(&group, &r, now);
                     report.accepted += r.accepted.len();
                     report.rejected += r.rejected.len();
@@ -243,7 +272,20 @@ impl<S: Store, T: PaymentTimeouts> ProcessOrders<S, T> {
         }
         (failed, report, carriers)
     }
+
+    /// The batch's products, then their shards: one read each, however many products the
+    /// batch names. The shards are read after the products, as the sold-out flag requires.
+    async fn read_catalog(&self, groups: &[(Sku, Vec<Order>)]) -> PortResult<Catalog> {
+        let skus: Vec<Sku> = groups.iter().map(|(sku, _)| sku.clone()).collect();
+        let products = self.store.get_products(&skus).await?;
+        let known: Vec<&Product> = products.values().collect();
+        let shards = self.store.read_shards_of(&known).await?;
+        Ok((products, shards))
+    }
 }
+
+/// A batch's products and what their shards held, by SKU.
+type Catalog = (HashMap<Sku, Product>, HashMap<Sku, Vec<ShardStock>>);
 
 const DIMENSIONS: &[(&str, &str)] = &[("Function", "process-orders")];
 

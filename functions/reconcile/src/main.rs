@@ -1,15 +1,14 @@
-use flash_aws::{Aws, Env};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use reconcile::Reconcile;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    flash_aws::telemetry::init();
-    let aws = Aws::new(flash_aws::config::sdk_config().await);
-    let handler = &Reconcile::from_env(&aws, &Env::process())?;
+    let (aws, env) = flash_aws::start().await;
+    let handler = &Reconcile::from_env(&aws, &env)?;
     // The EventBridge schedule's event carries nothing the reconciler needs.
+    // Boxed: the audit's streaming future is too deep for the compiler to lay out inline.
     run(service_fn(|_: LambdaEvent<serde_json::Value>| async move {
-        handler.handle().await.map_err(Error::from)
+        Box::pin(handler.handle()).await.map_err(Error::from)
     }))
     .await
 }

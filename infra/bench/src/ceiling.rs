@@ -6,6 +6,7 @@
 use crate::hot::order_record;
 use crate::sale::round3;
 use crate::Stack;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -77,13 +78,7 @@ pub async fn measure(
 ) -> anyhow::Result<Ceiling> {
     let ddb = aws_sdk_dynamodb::Client::new(&stack.sdk);
     let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("BenchCeiling-{}", flash_domain::clock::now_ms()))
-        .send()
-        .await?
-        .queue_url
-        .unwrap_or_default();
+    let queue_url = scratch_queue(&sqs, "BenchCeiling").await?;
     let tag = format!("CEIL{:08x}", rand::random::<u32>());
     let body = serde_json::json!({
         "order_id": format!("{:032x}", 0), "sku": "BENCH-PIPELINE-0000000000000", "quantity": 1,
@@ -141,6 +136,33 @@ pub async fn measure(
     })
 }
 
+/// A new queue named `prefix` and the time, for one measurement; its URL.
+async fn scratch_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Result<String> {
+    let created = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}-{}", flash_domain::clock::now_ms()))
+        .send()
+        .await?;
+    Ok(created.queue_url.unwrap_or_default())
+}
+
+/// A BatchGetItem of `keys` (as built) in `table`; whether it was answered.
+async fn batch_get(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Result<KeysAndAttributes, aws_sdk_dynamodb::error::BuildError>,
+) -> bool {
+    match keys {
+        Ok(k) => ddb
+            .batch_get_item()
+            .request_items(table, k)
+            .send()
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
 async fn put_record(ddb: &aws_sdk_dynamodb::Client, table: &str, tag: &str, i: u64) -> bool {
     ddb.put_item()
         .table_name(table)
@@ -159,16 +181,10 @@ async fn put_record(ddb: &aws_sdk_dynamodb::Client, table: &str, tag: &str, i: u
 /// than later ones. Every kind of call the designs make is exercised here first, so no design
 /// pays for the warm-up of the emulators.
 pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{KeysAndAttributes, TransactWriteItem, Update};
+    use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
     let ddb = aws_sdk_dynamodb::Client::new(&stack.sdk);
     let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("BenchWarmUp-{}", flash_domain::clock::now_ms()))
-        .send()
-        .await?
-        .queue_url
-        .unwrap_or_default();
+    let queue_url = scratch_queue(&sqs, "BenchWarmUp").await?;
     let tag = format!("WARM{:08x}", rand::random::<u32>());
     let table = stack.table.clone();
     let key = |pk: String, sk: &str| {
@@ -221,19 +237,13 @@ pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> a
                     .send()
                     .await
                     .is_ok(),
-                3 => match KeysAndAttributes::builder()
-                    .set_keys(Some((0..4).map(shard).collect()))
-                    .consistent_read(true)
-                    .build()
-                {
-                    Ok(k) => ddb
-                        .batch_get_item()
-                        .request_items(&table, k)
-                        .send()
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                },
+                3 => {
+                    let keys = KeysAndAttributes::builder()
+                        .set_keys(Some((0..4).map(shard).collect()))
+                        .consistent_read(true)
+                        .build();
+                    batch_get(&ddb, &table, keys).await
+                }
                 4 => {
                     let items = (0..10)
                         .filter_map(|j| {
@@ -258,15 +268,8 @@ pub async fn warm_up(stack: &Stack, concurrency: usize, duration: Duration) -> a
                     let keys = (0..10)
                         .map(|j| key(format!("ORDER#{tag}-{}-{j}", i.saturating_sub(4)), "ORDER"))
                         .collect();
-                    match KeysAndAttributes::builder().set_keys(Some(keys)).build() {
-                        Ok(k) => ddb
-                            .batch_get_item()
-                            .request_items(&table, k)
-                            .send()
-                            .await
-                            .is_ok(),
-                        Err(_) => false,
-                    }
+                    let keys = KeysAndAttributes::builder().set_keys(Some(keys)).build();
+                    batch_get(&ddb, &table, keys).await
                 }
                 6 => sqs
                     .send_message()

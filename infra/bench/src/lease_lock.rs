@@ -5,10 +5,9 @@
 //! polling with the put itself would spend the lease item's write budget on failed writes and
 //! starve the holder's release.
 
-use crate::hot::{self, classify, n, s, Call, Hot, HotDesign};
-use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
+use crate::hot::{self, classify, n, s, Call, Hot, HotDesign, Setup};
+use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run};
 use aws_sdk_dynamodb::config::retry::RetryConfig;
-use aws_sim::CapacityModel;
 use flash_domain::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -115,32 +114,19 @@ impl LeaseLock {
     /// Under the lease: read, decide, write. The stock write is unconditional: the lease is
     /// the lock, as in the design it models (no fencing token).
     async fn locked(&self, buyer: usize, run: &Run) -> Answer {
-        let available = match self.hot.read_stock().await {
+        let available = match self.hot.stock_to_sell().await {
             Ok((available, _)) => available,
-            Err(code) => return Answer::Unavailable(code),
+            Err(answer) => return answer,
         };
-        if available < 1 {
-            return Answer::Decided(Decision::SoldOut);
-        }
         let out = self
             .hot
-            .client
-            .update_item()
-            .table_name(&self.hot.table)
-            .set_key(Some(self.hot.key("STOCK")))
+            .update_stock()
             .update_expression("SET available = :a")
             .expression_attribute_values(":a", n(available - 1))
             .send()
             .await;
         match classify(out) {
-            Call::Done(_) | Call::Condition => {
-                self.hot.stock_write();
-                if available == 1 {
-                    run.mark_sellout();
-                }
-                self.hot.record_order(buyer).await;
-                Answer::Decided(Decision::Sold)
-            }
+            Call::Done(_) | Call::Condition => self.hot.sold(buyer, available, run).await,
             Call::Unavailable(code) => Answer::Unavailable(code),
         }
     }
@@ -175,18 +161,13 @@ impl Design for LeaseLock {
 }
 
 impl HotDesign for LeaseLock {
-    fn hot(&self) -> &Hot {
-        &self.hot
+    fn hots(&self) -> &[Hot] {
+        std::slice::from_ref(&self.hot)
     }
 }
 
-pub async fn run(
-    sale: &Sale,
-    model: &CapacityModel,
-    table: &str,
-    sku: String,
-) -> anyhow::Result<(DesignReport, Details)> {
-    let client = hot::client(model, "lease_lock").await;
+pub async fn run(setup: Setup<'_>) -> anyhow::Result<(DesignReport, Details)> {
+    let (counter, client) = setup.counted_client("lease_lock").await;
     let lease_client = aws_sdk_dynamodb::Client::from_conf(
         client
             .config()
@@ -195,12 +176,13 @@ pub async fn run(
             .build(),
     );
     let design = Arc::new(LeaseLock {
-        hot: Hot::new(client, table, sku),
+        hot: Hot::new(client, setup.table, setup.sku),
         lease_client,
         lease_writes: AtomicU64::new(0),
         releases_lost: AtomicU64::new(0),
     });
-    let (report, mut details) = hot::run_design(design.clone(), sale, model).await?;
+    let (report, mut details) =
+        hot::run_design(design.clone(), setup.sale, setup.model, &counter).await?;
     let lease_writes = design.lease_writes.load(Relaxed);
     details.notes.insert(
         "lease_item_writes_per_sold_unit".into(),

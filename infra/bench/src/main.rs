@@ -1,7 +1,10 @@
 //! `make bench`: one flash sale — one hot product, `--buyers` buyers for `--stock` units,
-//! `--concurrency` at a time — through four designs, each on a fresh SKU and under its own
-//! instance of the same DynamoDB capacity model (the per-item and per-partition write budgets,
-//! scaled by `--scale`, and transaction conflicts), against the local stack in `--state`:
+//! `--concurrency` at a time — through four designs, then the same buyers and units as a
+//! catalog (one hot SKU with half the units that half the buyers want, a tail of 4-unit SKUs
+//! the other half pick by Zipf's law; see `catalog.rs`) through `--catalog-designs`; each run
+//! on fresh SKUs and under its own instance of the same DynamoDB capacity model (the per-item
+//! and per-partition write budgets, scaled by `--scale`, and transaction conflicts), against
+//! the local stack in `--state`:
 //!
 //! - `version_lock`: read stock and version, conditional write on the version, ≤ 3 retries;
 //! - `lease_lock`: a lease item taken with a conditional put (5 s expiry), stock read and
@@ -9,36 +12,47 @@
 //! - `per_order`: one conditional decrement per order;
 //! - `pipeline`: ours, place-order → SQS → process-orders, until every order is decided.
 //!
-//! Each design runs the sale once unreported before its measured run. Before `pipeline` it
-//! measures the local ceiling (see `ceiling.rs`). It prints a table and the ratios and writes
-//! `--report` (default `.local/reports/bench.json`) and a chart of the designs beside it
-//! (`bench.svg`). `--cold-start` instead measures each function's cold start and adds it to
+//! Every run is rehearsed once, unreported, and every measured run comes after every
+//! rehearsal, in `--measure-order` (recorded as `run_order`). First it measures the local
+//! ceiling (see `ceiling.rs`). It prints the tables, the ratios, the cost per order on AWS
+//! (`cost.rs`, `prices.rs`) and a projection of the ceilings on AWS (`projection.rs`), and
+//! writes `--report` (default `.local/reports/bench.json`) and a chart of the designs beside
+//! it (`bench.svg`). `--cold-start` instead measures each function's cold start and adds it to
 //! that report.
 
+mod catalog;
 mod ceiling;
 mod chart;
 mod cold_start;
+mod cost;
 mod hot;
 mod lease_lock;
 mod per_order;
 mod pipeline;
+mod prices;
+mod projection;
 mod report;
 mod sale;
 mod version_lock;
 
 use anyhow::{bail, Context};
 use aws_sim::CapacityModel;
+use catalog::Catalog;
 use clap::Parser;
+use flash_domain::limits::PARTITION_WRITE_UNITS_PER_S;
 use report::Results;
 use sale::Sale;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Mixed calls on both emulators before anything is measured.
 const WARM_UP: Duration = Duration::from_secs(10);
 
 pub const DESIGNS: [&str; 4] = ["version_lock", "lease_lock", "per_order", "pipeline"];
+/// The designs that sell a catalog: the two locks keep one stock item.
+pub const CATALOG_DESIGNS: [&str; 2] = ["per_order", "pipeline"];
 
 /// One flash sale through four designs under DynamoDB's per-item write budget, against the
 /// local stack; or, with `--cold-start`, each function's cold start. Writes `--report` (JSON)
@@ -62,7 +76,7 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_SCALE, value_name = "F", value_parser = positive::<f64>)]
     pub scale: f64,
     /// DynamoDB's per-item write budget in write units per second, before scaling.
-    #[arg(long, default_value_t = ITEM_WRITE_UNITS_PER_S, value_name = "N", value_parser = positive::<f64>)]
+    #[arg(long, default_value_t = PARTITION_WRITE_UNITS_PER_S, value_name = "N", value_parser = positive::<f64>)]
     pub item_write_units: f64,
     /// The designs to run, comma-separated, in this order.
     #[arg(
@@ -73,7 +87,26 @@ pub struct Args {
         value_parser = design
     )]
     pub designs: Vec<String>,
-    /// Shards for the pipeline's product [default: the product's own, from the stock].
+    /// The designs that also sell the catalog, comma-separated; empty for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        default_value = "per_order,pipeline",
+        value_parser = catalog_design
+    )]
+    pub catalog_designs: Vec<String>,
+    /// Zipf's exponent for the catalog's tail SKUs.
+    #[arg(long, default_value_t = catalog::ZIPF_S, value_name = "S", value_parser = positive::<f64>)]
+    pub zipf_s: f64,
+    /// Seed of the catalog's buyers' picks.
+    #[arg(long, default_value_t = catalog::CATALOG_SEED, value_name = "N")]
+    pub catalog_seed: u64,
+    /// The order of the measured runs, by design (each design's single-product run, then its
+    /// catalog run) [default: the order of --designs]. Every rehearsal comes first either way.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...", value_parser = design)]
+    pub measure_order: Vec<String>,
+    /// Shards for the pipeline's (hot) product [default: the product's own, from the stock].
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
     /// Seconds of each local-ceiling round, measured before `pipeline`.
@@ -103,6 +136,27 @@ pub struct Args {
 }
 
 impl Args {
+    /// The measured runs' order: `--measure-order`, then any design it leaves out.
+    pub fn measure_order(&self) -> Vec<String> {
+        let mut order: Vec<String> = self
+            .measure_order
+            .iter()
+            .filter(|d| self.designs.contains(d))
+            .cloned()
+            .collect();
+        for d in &self.designs {
+            if !order.contains(d) {
+                order.push(d.clone());
+            }
+        }
+        order
+    }
+
+    /// Whether `design` also sells the catalog.
+    pub fn sells_catalog(&self, design: &str) -> bool {
+        self.catalog_designs.iter().any(|d| d == design)
+    }
+
     /// How long each local-ceiling round lasts; `None` with `--no-ceiling`.
     pub fn ceiling(&self) -> Option<Duration> {
         (!self.no_ceiling).then(|| Duration::from_secs_f64(self.ceiling_s))
@@ -118,8 +172,6 @@ impl Args {
     }
 }
 
-/// DynamoDB's per-item write budget, before scaling.
-pub const ITEM_WRITE_UNITS_PER_S: f64 = 1000.0;
 /// The budget is scaled down so it bites on one machine. At 0.1 an item takes 100 write
 /// units/s: a tenth of what DynamoDB Local does for one item here (about 1,000 conditional
 /// writes/s with the model off) and a small part of the local ceiling (600–1,000 orders/s), so
@@ -133,6 +185,18 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, S
         Ok(n) if n > T::default() => Ok(n),
         Ok(_) => Err("must be above zero".into()),
         Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+fn catalog_design(s: &str) -> Result<String, String> {
+    let d = s.trim();
+    if d.is_empty() || CATALOG_DESIGNS.contains(&d) {
+        Ok(d.to_owned())
+    } else {
+        Err(format!(
+            "the catalog runs only {}",
+            CATALOG_DESIGNS.join(", ")
+        ))
     }
 }
 
@@ -219,7 +283,14 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
         stock: args.stock,
         concurrency: args.concurrency,
         timeout: args.timeout(),
+        catalog: Arc::new(Catalog::single(args.stock, args.buyers)),
     };
+    let catalog_sale = sale.with_catalog(Catalog::zipf(
+        args.stock,
+        args.buyers,
+        args.zipf_s,
+        args.catalog_seed,
+    ));
     let budget = CapacityModel::new(args.item_write_units, args.scale).budget_per_item();
     if args.no_model {
         hot::disable_model();
@@ -232,6 +303,7 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
     let stamp = flash_domain::clock::now_ms();
     let mut results = Results::new(
         &sale,
+        &catalog_sale,
         args.item_write_units,
         args.scale,
         budget,
@@ -246,23 +318,50 @@ async fn sale(args: &Args) -> anyhow::Result<ExitCode> {
         );
         results.ceiling = Some(ceiling::measure(&stack, sale.concurrency, d).await?);
     }
-    // Each design runs the sale twice, each time on a fresh SKU: a rehearsal, unreported, then
-    // the measured run. DynamoDB Local is a JVM, and the mixed warm-up does not bring every code
+    // Each run happens twice, each time on fresh SKUs: a rehearsal, unreported, then the
+    // measured run. DynamoDB Local is a JVM, and the mixed warm-up does not bring every code
     // path a design uses up to speed: the pipeline's first full sale in a fresh stack sold out
     // in a median 6.36 s (9 runs, 4.8–7.6 s), its next one in 4.18 s (11 runs, 2.9–5.9 s).
-    for design in &args.designs {
-        let sku = format!("BENCH-{design}-{stamp}");
-        eprintln!("{design}: rehearsal, {sku}-R ...");
-        let (r, d) = run_design(design, &stack, &sale, args, format!("{sku}-R")).await?;
-        eprintln!("{design} rehearsal: {}", report::summary(&r, &d));
-        let failures = report::failures(&r, &d);
-        if design == "pipeline" && !failures.is_empty() {
-            bail!("pipeline rehearsal: {}", failures.join("; "));
+    // Every rehearsal comes before every measured run, so no design is measured on an
+    // emulator the others have warmed further than it.
+    let scenarios = |design: &str| {
+        let mut s = vec![("single", &sale)];
+        if args.sells_catalog(design) {
+            s.push(("catalog", &catalog_sale));
         }
-        eprintln!("{design}: {sku} ...");
-        let outcome = run_design(design, &stack, &sale, args, sku).await?;
-        eprintln!("{design}: {}", report::summary(&outcome.0, &outcome.1));
-        results.designs.insert(design.clone(), outcome);
+        s
+    };
+    let sku_of = |scenario: &str, design: &str| match scenario {
+        "catalog" => format!("BENCH-{design}-{stamp}-C"),
+        _ => format!("BENCH-{design}-{stamp}"),
+    };
+    for design in &args.designs {
+        for (scenario, sale) in scenarios(design) {
+            let sku = format!("{}-R", sku_of(scenario, design));
+            eprintln!("{scenario} {design}: rehearsal, {sku} ...");
+            let (r, d) = run_design(design, &stack, sale, args, sku).await?;
+            eprintln!("{scenario} {design} rehearsal: {}", report::summary(&r, &d));
+            let failures = report::failures(&r, &d);
+            if design == "pipeline" && !failures.is_empty() {
+                bail!("{scenario} pipeline rehearsal: {}", failures.join("; "));
+            }
+        }
+    }
+    for design in &args.measure_order() {
+        for (scenario, sale) in scenarios(design) {
+            let sku = sku_of(scenario, design);
+            eprintln!("{scenario} {design}: {sku} ...");
+            let outcome = run_design(design, &stack, sale, args, sku).await?;
+            eprintln!(
+                "{scenario} {design}: {}",
+                report::summary(&outcome.0, &outcome.1)
+            );
+            results.run_order.push(format!("{scenario}.{design}"));
+            match scenario {
+                "catalog" => results.catalog.insert(design.clone(), outcome),
+                _ => results.designs.insert(design.clone(), outcome),
+            };
+        }
     }
     println!("{}", results.table());
     let json = results.json();
@@ -291,10 +390,16 @@ async fn run_design(
     sku: String,
 ) -> anyhow::Result<(sale::DesignReport, sale::Details)> {
     let model = CapacityModel::new(args.item_write_units, args.scale);
+    let setup = |sku| hot::Setup {
+        sale,
+        model: &model,
+        table: &stack.table,
+        sku,
+    };
     match design {
-        "version_lock" => version_lock::run(sale, &model, &stack.table, sku).await,
-        "lease_lock" => lease_lock::run(sale, &model, &stack.table, sku).await,
-        "per_order" => per_order::run(sale, &model, &stack.table, sku).await,
+        "version_lock" => version_lock::run(setup(sku)).await,
+        "lease_lock" => lease_lock::run(setup(sku)).await,
+        "per_order" => per_order::run(setup(sku)).await,
         "pipeline" => pipeline::run(stack, sale, &model, sku, args.shards).await,
         other => bail!("unknown design {other}"),
     }
@@ -383,6 +488,23 @@ mod tests {
         let c = parse(&["--cold-start", "--lambda-dir", "d", "--starts", "3"]).expect("parses");
         assert!(c.cold_start);
         assert_eq!((c.lambda_dir, c.starts), (PathBuf::from("d"), 3));
+    }
+
+    #[test]
+    fn the_catalog_runs_per_order_and_the_pipeline_and_the_measured_order_can_be_chosen() {
+        let a = parse(&[]).expect("defaults parse");
+        assert_eq!(a.catalog_designs, CATALOG_DESIGNS.map(str::to_owned));
+        assert_eq!((a.zipf_s, a.catalog_seed), (1.0, 13));
+        assert_eq!(a.measure_order(), DESIGNS.map(str::to_owned));
+        let b = parse(&["--measure-order", "pipeline,per_order"]).expect("parses");
+        assert_eq!(
+            b.measure_order(),
+            ["pipeline", "per_order", "version_lock", "lease_lock"]
+        );
+        assert!(b.sells_catalog("pipeline") && !b.sells_catalog("lease_lock"));
+        let none = parse(&["--catalog-designs", ""]).expect("parses");
+        assert!(!none.sells_catalog("pipeline"));
+        assert!(parse(&["--catalog-designs", "version_lock"]).is_err());
     }
 
     #[test]

@@ -2,30 +2,31 @@
 //! atomic check-and-decrement a Redis Lua script gives, synchronous in the API call. Every
 //! order writes the hot item once until the sell-out, so the item's write budget is the ceiling.
 //! Like the other designs it reads the stock first and refuses without writing once it is gone.
+//! In a catalog each SKU has its own stock item, and each buyer writes the one they want.
 
-use crate::hot::{self, classify, n, Call, Hot, HotDesign};
+use crate::hot::{self, classify, n, Call, Hot, HotDesign, Setup};
 use crate::sale::{Answer, Decision, Design, DesignReport, Details, Run, Sale};
 use aws_sdk_dynamodb::types::ReturnValue;
-use aws_sim::CapacityModel;
 use std::sync::Arc;
 
 pub struct PerOrder {
-    hot: Hot,
+    /// One stock item per SKU of the catalog.
+    hots: Vec<Hot>,
+    sale: Sale,
 }
 
 impl Design for PerOrder {
     async fn buy(&self, _worker: usize, buyer: usize, run: &Run) -> Answer {
-        match self.hot.read_stock().await {
+        let Some(hot) = self.hots.get(self.sale.choice(buyer)) else {
+            return Answer::Decided(Decision::Refused("no_such_sku"));
+        };
+        match hot.read_stock().await {
             Ok((available, _)) if available < 1 => return Answer::Decided(Decision::SoldOut),
             Ok(_) => {}
             Err(code) => return Answer::Unavailable(code),
         }
-        let out = self
-            .hot
-            .client
-            .update_item()
-            .table_name(&self.hot.table)
-            .set_key(Some(self.hot.key("STOCK")))
+        let out = hot
+            .update_stock()
             .update_expression("SET available = available - :q")
             .condition_expression("available >= :q")
             .expression_attribute_values(":q", n(1))
@@ -34,19 +35,20 @@ impl Design for PerOrder {
             .await;
         match classify(out) {
             Call::Done(out) => {
-                self.hot.stock_write();
+                hot.stock_write();
                 let left = out
                     .attributes
                     .map(|a| hot::number(&a, "available"))
                     .unwrap_or(1);
                 if left == 0 {
-                    run.mark_sellout();
+                    // The one write that took this SKU's last unit.
+                    run.sku_sold_out();
                 }
-                self.hot.record_order(buyer).await;
+                hot.record_order(buyer).await;
                 Answer::Decided(Decision::Sold)
             }
             Call::Condition => {
-                self.hot.stock_write();
+                hot.stock_write();
                 Answer::Decided(Decision::SoldOut)
             }
             Call::Unavailable(code) => Answer::Unavailable(code),
@@ -55,17 +57,21 @@ impl Design for PerOrder {
 }
 
 impl HotDesign for PerOrder {
-    fn hot(&self) -> &Hot {
-        &self.hot
+    fn hots(&self) -> &[Hot] {
+        &self.hots
     }
 }
 
-pub async fn run(
-    sale: &Sale,
-    model: &CapacityModel,
-    table: &str,
-    sku: String,
-) -> anyhow::Result<(DesignReport, Details)> {
-    let hot = Hot::new(hot::client(model, "per_order").await, table, sku);
-    hot::run_design(Arc::new(PerOrder { hot }), sale, model).await
+/// The sale over every SKU of `sale`'s catalog, each with its own stock item.
+pub async fn run(setup: Setup<'_>) -> anyhow::Result<(DesignReport, Details)> {
+    let (counter, client) = setup.counted_client("per_order").await;
+    let catalog = &setup.sale.catalog;
+    let hots = (0..catalog.skus())
+        .map(|i| Hot::new(client.clone(), setup.table, catalog.sku(&setup.sku, i)))
+        .collect();
+    let design = Arc::new(PerOrder {
+        hots,
+        sale: setup.sale.clone(),
+    });
+    hot::run_design(design, setup.sale, setup.model, &counter).await
 }

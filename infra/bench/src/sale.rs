@@ -2,6 +2,8 @@
 //! workers, each serving one buyer at a time, like warm function instances), the clock that
 //! marks sell-out and decisions, and what a design reports.
 
+use crate::catalog::Catalog;
+use crate::cost::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,7 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The flash sale every design runs: `buyers` distinct buyers, one unit each, for `stock` units
-/// of one product, at most `concurrency` in flight.
+/// in all, at most `concurrency` in flight; `catalog` says which SKUs hold them and which one
+/// each buyer wants (one product in the single-product scenario).
 #[derive(Debug, Clone)]
 pub struct Sale {
     pub buyers: usize,
@@ -19,6 +22,23 @@ pub struct Sale {
     /// A design still running after this long is stopped; its remaining buyers count as
     /// undecided and it gets no `all_decided_s`.
     pub timeout: Duration,
+    pub catalog: Arc<Catalog>,
+}
+
+impl Sale {
+    /// The same buyers and capacity over another catalog of the same stock.
+    pub fn with_catalog(&self, catalog: Catalog) -> Self {
+        Self {
+            stock: catalog.total_stock(),
+            catalog: Arc::new(catalog),
+            ..self.clone()
+        }
+    }
+
+    /// The SKU (index) `buyer` wants.
+    pub fn choice(&self, buyer: usize) -> usize {
+        self.catalog.choice.get(buyer).copied().unwrap_or(0) as usize
+    }
 }
 
 /// A buyer's final answer.
@@ -55,14 +75,26 @@ pub trait Design: Send + Sync + 'static {
 pub struct Run {
     started: Instant,
     sellout: OnceLock<Duration>,
+    /// SKUs not yet sold out; the sell-out is when the last one goes.
+    skus_left: AtomicUsize,
 }
 
 impl Run {
-    pub fn start() -> Arc<Self> {
+    /// A sale of `skus` SKUs: sold out once each has been reported with
+    /// [`Run::sku_sold_out`].
+    pub fn start_catalog(skus: usize) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
             sellout: OnceLock::new(),
+            skus_left: AtomicUsize::new(skus),
         })
+    }
+
+    /// One SKU just ran out (each must be reported once); the last one marks the sell-out.
+    pub fn sku_sold_out(&self) {
+        if self.skus_left.fetch_sub(1, Relaxed) == 1 {
+            self.mark_sellout();
+        }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -87,12 +119,19 @@ impl Run {
 #[derive(Debug, Default)]
 pub struct Outcomes {
     pub decisions: Vec<(Decision, Duration)>,
+    /// The buyer of each of `decisions`, in the same order.
+    pub buyers: Vec<usize>,
     /// Buyers never decided: the design hit the sale's timeout first.
     pub undecided: usize,
     /// 503 answers the buyers got (and came back after), by error code.
     pub unavailable: BTreeMap<String, u64>,
     /// When the last buyer got its answer from the API.
     pub last_answer: Duration,
+    /// Each API call's duration in whole milliseconds, rounded up as Lambda bills it (every
+    /// call is one API Gateway request and one invocation of the design's function).
+    pub call_ms: Vec<u64>,
+    /// Each decided buyer's time from its first call to its answer, in milliseconds.
+    pub answer_ms: Vec<f64>,
 }
 
 impl Outcomes {
@@ -102,6 +141,21 @@ impl Outcomes {
 
     pub fn sold(&self) -> u64 {
         self.count(|d| *d == Decision::Sold) as u64
+    }
+
+    /// (units sold, buyers refused) of each SKU of `sale`'s catalog.
+    pub fn per_sku(&self, sale: &Sale) -> Vec<(u64, u64)> {
+        let skus = sale.catalog.skus();
+        let mut out = vec![(0, 0); skus];
+        for ((d, _), &buyer) in self.decisions.iter().zip(&self.buyers) {
+            let (sold, refused) = &mut out[sale.choice(buyer).min(skus - 1)];
+            match d {
+                Decision::Sold => *sold += 1,
+                Decision::Queued => {}
+                _ => *refused += 1,
+            }
+        }
+        out
     }
 
     /// Refusals by reason (sold out included).
@@ -151,12 +205,16 @@ pub async fn run_buyers<D: Design>(design: Arc<D>, sale: &Sale, run: &Arc<Run>) 
                     let at = run.elapsed();
                     mine.last_answer = mine.last_answer.max(at);
                     mine.decisions.push((decision, at));
+                    mine.buyers.push(buyer);
                     answered.fetch_add(1, Relaxed);
                 }
                 let mut all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
                 all.decisions.append(&mut mine.decisions);
+                all.buyers.append(&mut mine.buyers);
                 all.undecided += mine.undecided;
                 all.last_answer = all.last_answer.max(mine.last_answer);
+                all.call_ms.append(&mut mine.call_ms);
+                all.answer_ms.append(&mut mine.answer_ms);
                 for (code, n) in mine.unavailable {
                     *all.unavailable.entry(code).or_default() += n;
                 }
@@ -194,9 +252,17 @@ async fn serve<D: Design>(
     run: &Run,
     mine: &mut Outcomes,
 ) -> Decision {
+    let first = Instant::now();
     for call in 0..MAX_CALLS {
-        match design.buy(worker, buyer, run).await {
-            Answer::Decided(d) => return d,
+        let started = Instant::now();
+        let answer = design.buy(worker, buyer, run).await;
+        mine.call_ms
+            .push(started.elapsed().as_micros().div_ceil(1000) as u64);
+        match answer {
+            Answer::Decided(d) => {
+                mine.answer_ms.push(first.elapsed().as_secs_f64() * 1000.0);
+                return d;
+            }
             Answer::Unavailable(code) => {
                 *mine.unavailable.entry(code).or_default() += 1;
                 tokio::time::sleep(backoff(Duration::from_millis(100), call, 2_000)).await;
@@ -214,14 +280,47 @@ pub fn backoff(base: Duration, attempt: u32, cap_ms: u64) -> Duration {
     Duration::from_secs_f64(ms * (0.5 + rand::random::<f64>()) / 1000.0)
 }
 
+/// p50 / p99 / max of a set of milliseconds, from an HdrHistogram (3 significant digits).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Tracks 1 ms to an hour; longer values count as an hour.
+    pub fn of(ms: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).ok()?;
+        for v in ms {
+            h.saturating_record(v.max(0.0).round() as u64);
+        }
+        (!h.is_empty()).then(|| Self {
+            p50: h.value_at_quantile(0.5) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            max: h.max() as f64,
+        })
+    }
+}
+
 /// One design's result, in the shape bench.json gives each design.
 #[derive(Debug, Clone, Serialize)]
 pub struct DesignReport {
     pub sellout_s: Option<f64>,
     pub all_decided_s: Option<f64>,
+    /// `all_decided_s` under the name `API.md` gives the catalog's designs.
+    pub decided_s: Option<f64>,
+    /// Orders accepted (sold, or queued to be decided) per second of the sale until every
+    /// order was decided.
+    pub accepted_orders_per_s: Option<f64>,
+    /// Each order's time from its first call to its decision (for `pipeline`, from the order's
+    /// acceptance to its decision in the table).
+    pub decision_ms: Option<Percentiles>,
     pub orders_per_s: Option<f64>,
     pub oversold: u64,
     pub stranded: u64,
+    /// Buyers or orders never decided (the run's timeout, or orders still queued).
+    pub undecided: u64,
     pub write_units_per_sold_unit: Option<f64>,
     pub stock_item_writes_per_sold_unit: Option<f64>,
     pub throttles: u64,
@@ -231,7 +330,10 @@ pub struct DesignReport {
 /// What the table behind the report says: counts and checks that do not fit its shape.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Details {
+    /// The SKU (a catalog's first).
     pub sku: String,
+    /// SKUs on sale.
+    pub skus: usize,
     pub sold: u64,
     pub stock_left: i64,
     pub refused: BTreeMap<String, u64>,
@@ -243,6 +345,8 @@ pub struct Details {
     /// Everything else worth knowing about this design's run.
     pub notes: BTreeMap<String, serde_json::Value>,
     pub violations: Vec<String>,
+    /// What the run would be billed for on AWS (see `cost.rs`).
+    pub usage: Usage,
 }
 
 pub fn round3(x: f64) -> f64 {
@@ -251,4 +355,19 @@ pub fn round3(x: f64) -> f64 {
 
 pub fn per_unit(x: f64, sold: u64) -> Option<f64> {
     (sold > 0).then(|| round3(x / sold as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_few_seconds_are_not_clipped() {
+        let p = Percentiles::of((1..=100).map(|i| f64::from(i) * 100.0)).expect("values");
+        // Three significant digits: within 0.1 %.
+        for (got, want) in [(p.p50, 5_000.0), (p.p99, 9_900.0), (p.max, 10_000.0)] {
+            assert!((got - want).abs() <= want / 1000.0, "{got} vs {want}");
+        }
+        assert!(Percentiles::of(std::iter::empty()).is_none());
+    }
 }

@@ -3,9 +3,8 @@
 //! 3 retries with backoff, all inside the API call. A buyer who loses four races is refused,
 //! even while stock is left.
 
-use crate::hot::{self, classify, n, Call, Hot, HotDesign};
-use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run, Sale};
-use aws_sim::CapacityModel;
+use crate::hot::{self, classify, n, Call, Hot, HotDesign, Setup};
+use crate::sale::{backoff, Answer, Decision, Design, DesignReport, Details, Run};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,19 +23,13 @@ impl Design for VersionLock {
             if attempt > 0 {
                 tokio::time::sleep(backoff(RETRY_BASE, attempt - 1, 1_000)).await;
             }
-            let (available, version) = match self.hot.read_stock().await {
-                Ok(v) => v,
-                Err(code) => return Answer::Unavailable(code),
+            let (available, version) = match self.hot.stock_to_sell().await {
+                Ok(stock) => stock,
+                Err(answer) => return answer,
             };
-            if available < 1 {
-                return Answer::Decided(Decision::SoldOut);
-            }
             let out = self
                 .hot
-                .client
-                .update_item()
-                .table_name(&self.hot.table)
-                .set_key(Some(self.hot.key("STOCK")))
+                .update_stock()
                 .update_expression("SET available = :a, version = :next")
                 .condition_expression("version = :v")
                 .expression_attribute_values(":a", n(available - 1))
@@ -45,14 +38,7 @@ impl Design for VersionLock {
                 .send()
                 .await;
             match classify(out) {
-                Call::Done(_) => {
-                    self.hot.stock_write();
-                    if available == 1 {
-                        run.mark_sellout();
-                    }
-                    self.hot.record_order(buyer).await;
-                    return Answer::Decided(Decision::Sold);
-                }
+                Call::Done(_) => return self.hot.sold(buyer, available, run).await,
                 Call::Condition => self.hot.stock_write(),
                 Call::Unavailable(code) => return Answer::Unavailable(code),
             }
@@ -62,17 +48,19 @@ impl Design for VersionLock {
 }
 
 impl HotDesign for VersionLock {
-    fn hot(&self) -> &Hot {
-        &self.hot
+    fn hots(&self) -> &[Hot] {
+        std::slice::from_ref(&self.hot)
     }
 }
 
-pub async fn run(
-    sale: &Sale,
-    model: &CapacityModel,
-    table: &str,
-    sku: String,
-) -> anyhow::Result<(DesignReport, Details)> {
-    let hot = Hot::new(hot::client(model, "version_lock").await, table, sku);
-    hot::run_design(Arc::new(VersionLock { hot }), sale, model).await
+pub async fn run(setup: Setup<'_>) -> anyhow::Result<(DesignReport, Details)> {
+    let (counter, client) = setup.counted_client("version_lock").await;
+    let hot = Hot::new(client, setup.table, setup.sku);
+    hot::run_design(
+        Arc::new(VersionLock { hot }),
+        setup.sale,
+        setup.model,
+        &counter,
+    )
+    .await
 }

@@ -2,6 +2,7 @@
 //! seconds, with the sell-out moment marked; below, how long orders waited for their decision.
 
 use crate::report::Latencies;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const BLUE: RGBColor = RGBColor(31, 119, 180);
@@ -91,30 +92,15 @@ where
         .label("stock left (right axis)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
     if let Some(s) = sale.sellout_s {
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(s, 0.0), (s, d_max)],
-                6,
-                4,
-                GREY.stroke_width(2),
-            ))?
-            .label(format!("sold out at {s:.2} s"))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREY.stroke_width(2)));
+        mark(&mut chart, s, d_max, GREY, format!("sold out at {s:.2} s"))?;
         chart.draw_series([Text::new(
             format!("sold out {s:.2} s"),
             (s + t_max * 0.006, d_max * 0.97),
             ("sans-serif", 13).into_font().color(&GREY),
         )])?;
     }
-    chart
-        .configure_series_labels()
-        // Lower right is free in a sale: stock is down to zero there and the decided line high.
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font(("sans-serif", 13))
-        .draw()?;
-    Ok(())
+    // Lower right is free in a sale: stock is down to zero there and the decided line high.
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn histogram<DB: DrawingBackend>(
@@ -164,19 +150,45 @@ where
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], BLUE.mix(0.7).filled()));
     for (name, q, color) in [("p50", 0.50, GREY), ("p99", 0.99, ORANGE)] {
         let v = latency.quantile_ms(q);
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(v, 0.0), (v, y_max)],
-                6,
-                4,
-                color.stroke_width(2),
-            ))?
-            .label(format!("{name} {v:.0} ms"))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        mark(&mut chart, v, y_max, color, format!("{name} {v:.0} ms"))?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// A dashed vertical line at `x`, from 0 to `top`, listed in the legend as `label`.
+fn mark<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+    x: f64,
+    top: f64,
+    color: RGBColor,
+    label: String,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(x, 0.0), (x, top)],
+            6,
+            4,
+            color.stroke_width(2),
+        ))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The series legend, boxed, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
         .label_font(("sans-serif", 13))

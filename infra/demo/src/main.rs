@@ -240,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
     let after = write_counts(&api, &admin).await?;
     let sdk = flash_aws::config::sdk_config().await;
     let store = flash_aws::DynamoStore::from_config(&sdk, var("TABLE_NAME")?);
-    let audit = flash_aws::audit::audit(&store, &flash_domain::Sku::parse(&sku)?).await?;
+    let audit = flash_aws::dynamo::ledger::audit(&store, &flash_domain::Sku::parse(&sku)?).await?;
     let dlq_messages = aws_sdk_sqs::Client::new(&sdk)
         .get_queue_attributes()
         .queue_url(var("ORDERS_DLQ_URL")?)
@@ -512,20 +512,22 @@ mod tests {
         Args::try_parse_from(std::iter::once("flash-demo").chain(args.iter().copied()))
     }
 
+    /// The numbers the Makefile sets: stock, buyers, concurrency, replay_every, timeout_s.
+    fn knobs(a: &Args) -> (u64, usize, usize, usize, u64) {
+        (
+            a.stock,
+            a.buyers,
+            a.concurrency,
+            a.replay_every,
+            a.timeout_s,
+        )
+    }
+
     #[test]
     fn no_arguments_give_the_documented_defaults() {
         let a = parse(&[]).expect("defaults parse");
         assert_eq!(a.state, PathBuf::from(".local"));
-        assert_eq!(
-            (
-                a.stock,
-                a.buyers,
-                a.concurrency,
-                a.replay_every,
-                a.timeout_s
-            ),
-            (1_000, 10_000, 64, 10, 300)
-        );
+        assert_eq!(knobs(&a), (1_000, 10_000, 64, 10, 300));
     }
 
     #[test]
@@ -546,16 +548,7 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(a.state, PathBuf::from("s"));
-        assert_eq!(
-            (
-                a.stock,
-                a.buyers,
-                a.concurrency,
-                a.replay_every,
-                a.timeout_s
-            ),
-            (200, 2_000, 8, 3, 9)
-        );
+        assert_eq!(knobs(&a), (200, 2_000, 8, 3, 9));
     }
 
     #[test]

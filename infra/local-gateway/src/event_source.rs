@@ -14,15 +14,15 @@ use aws_sdk_sqs::types::{
 };
 use base64::Engine as _;
 use flash_domain::clock::{now_ms, Millis};
+use flash_domain::limits::{LAMBDA_MAX_PAYLOAD_BYTES, SQS_MAX_BATCH_ENTRIES};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// SQS's most messages per ReceiveMessage and per DeleteMessageBatch.
-const RECEIVE_MAX: usize = 10;
 /// Lambda's pollers wait 20 s; shorter here so a stopping gateway is never holding a receive
 /// whose messages would then stay invisible for the whole visibility timeout.
 pub const LONG_POLL_S: i32 = 2;
@@ -43,8 +43,9 @@ pub fn poller_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
             .build(),
     )
 }
-/// Lambda's limit on an invocation payload; a batch stops growing before it.
-const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
+/// A batch stops growing before Lambda's limit on an invocation payload, with room for the
+/// event's envelope.
+const MAX_BATCH_BYTES: usize = LAMBDA_MAX_PAYLOAD_BYTES - 64 * 1024;
 /// While a batching window is open and the queue is empty, how often to look again.
 const WINDOW_POLL: Duration = Duration::from_millis(50);
 
@@ -53,6 +54,10 @@ pub struct EventSource {
     client: aws_sdk_sqs::Client,
     function: Arc<SqsFunction>,
     region: String,
+    /// Invocations so far and their durations summed, each rounded up to the millisecond as
+    /// Lambda bills it (the bench prices them).
+    invocations: AtomicU64,
+    billed_ms: AtomicU64,
 }
 
 /// What became of a batch.
@@ -84,7 +89,14 @@ impl EventSource {
             client,
             function,
             region,
+            invocations: AtomicU64::new(0),
+            billed_ms: AtomicU64::new(0),
         }
+    }
+
+    /// (invocations, billed milliseconds) so far.
+    pub fn invocations(&self) -> (u64, u64) {
+        (self.invocations.load(Relaxed), self.billed_ms.load(Relaxed))
     }
 
     /// Starts `max_concurrency` pollers, so at most that many batches run at once. They stop
@@ -119,7 +131,7 @@ impl EventSource {
             .client
             .receive_message()
             .queue_url(&self.mapping.queue_url)
-            .max_number_of_messages(max.clamp(1, RECEIVE_MAX) as i32)
+            .max_number_of_messages(max.clamp(1, SQS_MAX_BATCH_ENTRIES) as i32)
             .wait_time_seconds(wait_s)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
@@ -181,8 +193,13 @@ impl EventSource {
         // What Lambda's context would say: the invocation ends at its start plus the
         // function's `Timeout` from template.yaml, when the gateway gives up on it below.
         let deadline = now_ms().saturating_add(timeout.as_millis() as Millis);
+        let invoked = Instant::now();
         let mut task = tokio::spawn(async move { function.invoke(event, deadline).await });
-        let (outcome, report) = match tokio::time::timeout(timeout, &mut task).await {
+        let result = tokio::time::timeout(timeout, &mut task).await;
+        self.invocations.fetch_add(1, Relaxed);
+        self.billed_ms
+            .fetch_add(invoked.elapsed().as_micros().div_ceil(1000) as u64, Relaxed);
+        let (outcome, report) = match result {
             Ok(Ok((response, report))) => (
                 judge(&response, &ids, self.mapping.report_batch_item_failures),
                 report,
@@ -269,7 +286,7 @@ impl EventSource {
 
     /// Deletes in batches of ten, all at once; returns how many were deleted.
     async fn delete(&self, messages: &[&Message]) -> usize {
-        let calls = messages.chunks(RECEIVE_MAX).map(|chunk| {
+        let calls = messages.chunks(SQS_MAX_BATCH_ENTRIES).map(|chunk| {
             let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
                 .iter()
                 .enumerate()

@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A function behind an HTTP API route.
 pub enum HttpFunction {
-    PlaceOrder(Box<PlaceOrder<DynamoStore, SqsQueue>>),
+    PlaceOrder(Box<place_order::Deployed>),
     GetOrder(GetOrder<DynamoStore>),
-    AdvanceOrder(AdvanceOrder<DynamoStore>),
-    Products(Products<DynamoStore>),
+    AdvanceOrder(advance_order::Deployed),
+    Products(products::Deployed),
 }
 
 impl HttpFunction {

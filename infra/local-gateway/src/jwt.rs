@@ -321,13 +321,13 @@ fn describe(kind: &ErrorKind) -> String {
     }
 }
 
+/// The local authorizer and one key pair, shared by this crate's tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use lambda_http::http::HeaderValue;
     use std::sync::OnceLock;
 
-    fn authorizer() -> JwtAuthorizer {
+    pub(crate) fn authorizer() -> JwtAuthorizer {
         JwtAuthorizer {
             identity_source: "$request.header.Authorization".into(),
             issuer: "flash-sale-local".into(),
@@ -335,8 +335,9 @@ mod tests {
         }
     }
 
-    /// One key pair for the whole module (RSA generation is the slow part).
-    fn keys() -> &'static (String, String) {
+    /// One key pair (private, public PEM) for every test of the crate (RSA generation is
+    /// the slow part).
+    pub(crate) fn keys() -> &'static (String, String) {
         static KEYS: OnceLock<(String, String)> = OnceLock::new();
         KEYS.get_or_init(|| {
             let dir =
@@ -349,9 +350,21 @@ mod tests {
             keys
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{authorizer, keys};
+    use super::*;
+    use lambda_http::http::HeaderValue;
 
     fn minter() -> Minter {
         Minter::new(keys().0.as_bytes(), &authorizer()).unwrap()
+    }
+
+    /// A token `minter` signs for `sub`, valid for a minute.
+    fn token_for(sub: &str, admin: bool) -> String {
+        minter().mint(sub, admin, Duration::from_secs(60)).unwrap()
     }
 
     fn verifier() -> Verifier {
@@ -386,9 +399,7 @@ mod tests {
 
     #[test]
     fn a_minted_token_is_accepted_with_its_claims() {
-        let token = minter()
-            .mint("alice", true, Duration::from_secs(60))
-            .unwrap();
+        let token = token_for("alice", true);
         let claims = verifier().verify(&bearer(&token)).unwrap();
         let strings = claims.as_strings();
         assert_eq!(strings["sub"], "alice");
@@ -401,9 +412,7 @@ mod tests {
 
     #[test]
     fn a_buyer_token_has_no_scope() {
-        let token = minter()
-            .mint("bob", false, Duration::from_secs(60))
-            .unwrap();
+        let token = token_for("bob", false);
         let claims = verifier().verify(&bearer(&token)).unwrap();
         assert!(!claims.0.contains_key("scope"));
         assert!(claims.scopes().is_empty());
@@ -411,9 +420,7 @@ mod tests {
 
     #[test]
     fn a_token_without_the_bearer_prefix_is_accepted_as_api_gateway_does() {
-        let token = minter()
-            .mint("alice", false, Duration::from_secs(60))
-            .unwrap();
+        let token = token_for("alice", false);
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_str(&token).unwrap());
         assert!(verifier().verify(&headers).is_ok());
@@ -487,9 +494,7 @@ mod tests {
 
     #[test]
     fn a_bad_signature_is_refused() {
-        let token = minter()
-            .mint("alice", false, Duration::from_secs(60))
-            .unwrap();
+        let token = token_for("alice", false);
         // Claim to be someone else, keeping alice's signature.
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -12,4 +12,5 @@ pub mod event_source;
 pub mod functions;
 pub mod jwt;
 pub mod routes;
+pub mod sale;
 pub mod server;

@@ -1,13 +1,16 @@
 //! `local-gateway serve`: the local API Gateway and SQS event source of a stack started by
 //! `infra/stack.py up`. `local-gateway token`: a bearer token that gateway accepts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aws_sim::CapacityModel;
+use clap::{Parser, Subcommand};
 use flash_aws::{config, Aws, Env, SqsQueue};
+use flash_domain::limits::PARTITION_WRITE_UNITS_PER_S;
 use local_gateway::config::{read_stack_env, GatewayConfig};
 use local_gateway::event_source::{poller_client, EventSource};
 use local_gateway::functions::{HttpFunction, SqsFunction};
 use local_gateway::jwt::{self, Verifier};
+use local_gateway::sale::SalePage;
 use local_gateway::server::{self, Gateway};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -17,9 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const USAGE: &str = "usage:
-  local-gateway serve --state DIR [--port 3000] [--capacity-scale F]
-  local-gateway token --state DIR --sub USER [--admin] [--ttl-seconds 3600]";
 /// `sam local start-api`'s port.
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_TTL_S: u64 = 3600;
@@ -28,84 +28,71 @@ const DEFAULT_TTL_S: u64 = 3600;
 const CALLER_KNOBS: [&str; 2] = ["RUST_LOG", "REDRIVE_DELAY_SECONDS"];
 /// How long pollers may take to finish their batch in hand once shutdown begins.
 const POLLER_DRAIN: Duration = Duration::from_secs(4);
-/// DynamoDB's write budget per item, which `--capacity-scale` scales.
-const ITEM_WRITE_UNITS_PER_S: f64 = 1000.0;
 
+/// The stack's API Gateway (HTTP API with its JWT authorizer) and Lambda SQS event source on
+/// 127.0.0.1, for a stack started by `infra/stack.py up` (`make up` runs both).
+#[derive(Debug, Parser)]
+#[command(name = "local-gateway", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the template's routes and run its SQS event source mappings until SIGINT or
+    /// SIGTERM. Also serves the local-only pages: /_local/stats (DynamoDB writes counted) and
+    /// /_local/sale?sku=SKU (the live sale page).
     Serve {
+        /// The stack's state directory (gateway.json, stack.env, jwt/), as `stack.py up`
+        /// wrote it.
+        #[arg(long, value_name = "DIR")]
         state: PathBuf,
+        /// Loopback port to listen on (`sam local start-api`'s default).
+        #[arg(long, default_value_t = DEFAULT_PORT)]
         port: u16,
-        /// With `--capacity-scale F`: the functions reach DynamoDB through the capacity model
-        /// at 1,000 WU/s × F per item.
+        /// The functions reach DynamoDB through the capacity model: each item and each
+        /// partition key value gets 1,000 write units a second x F, and concurrent
+        /// transactions on one item conflict (off by default).
+        #[arg(long, value_name = "F", value_parser = positive_scale)]
         capacity_scale: Option<f64>,
     },
+    /// Print a bearer token (an RS256 JWT) that `serve` for the same state directory accepts.
     Token {
+        /// The stack's state directory, whose jwt/ key pair signs the token.
+        #[arg(long, value_name = "DIR")]
         state: PathBuf,
+        /// The caller: the token's `sub` claim.
+        #[arg(long, value_name = "USER", value_parser = non_empty)]
         sub: String,
+        /// Add the flash-sale/admin scope.
+        #[arg(long)]
         admin: bool,
-        ttl_s: u64,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = DEFAULT_TTL_S)]
+        ttl_seconds: u64,
     },
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Command> {
-    let command = args.next().context("no command")?;
-    if command != "serve" && command != "token" {
-        bail!("unknown command {command}");
+fn positive_scale(text: &str) -> Result<f64, String> {
+    let scale: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if scale.is_finite() && scale > 0.0 {
+        Ok(scale)
+    } else {
+        Err(format!("must be a number above 0, got {scale}"))
     }
-    let (mut state, mut port, mut sub, mut admin, mut ttl_s) =
-        (None, DEFAULT_PORT, None, false, DEFAULT_TTL_S);
-    let mut capacity_scale = None;
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--state" => state = Some(PathBuf::from(value()?)),
-            "--port" if command == "serve" => port = value()?.parse().context("--port")?,
-            "--capacity-scale" if command == "serve" => {
-                let scale: f64 = value()?.parse().context("--capacity-scale")?;
-                if !(scale.is_finite() && scale > 0.0) {
-                    bail!("--capacity-scale must be a number above 0, got {scale}");
-                }
-                capacity_scale = Some(scale);
-            }
-            "--sub" if command == "token" => sub = Some(value()?),
-            "--admin" if command == "token" => admin = true,
-            "--ttl-seconds" if command == "token" => {
-                ttl_s = value()?.parse().context("--ttl-seconds")?
-            }
-            _ => bail!("unknown argument {flag}"),
-        }
-    }
-    let state = state.context("--state DIR is required")?;
-    match command.as_str() {
-        "serve" => Ok(Command::Serve {
-            state,
-            port,
-            capacity_scale,
-        }),
-        "token" => {
-            let sub = sub
-                .filter(|s| !s.is_empty())
-                .context("--sub USER is required")?;
-            Ok(Command::Token {
-                state,
-                sub,
-                admin,
-                ttl_s,
-            })
-        }
-        other => bail!("unknown command {other}"),
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_owned())
     }
 }
 
 fn main() -> ExitCode {
-    let command = match parse(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("local-gateway: {e:#}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = match command {
+    let result = match Cli::parse().command {
         Command::Serve {
             state,
             port,
@@ -115,8 +102,8 @@ fn main() -> ExitCode {
             state,
             sub,
             admin,
-            ttl_s,
-        } => jwt::mint(&state, &sub, admin, Duration::from_secs(ttl_s))
+            ttl_seconds,
+        } => jwt::mint(&state, &sub, admin, Duration::from_secs(ttl_seconds))
             .map(|token| println!("{token}"))
             .map_err(Into::into),
     };
@@ -171,7 +158,7 @@ async fn run(
     // model the functions meet both, as a sale on DynamoDB would. SQS is not modelled.
     let dynamo_sdk = match capacity_scale {
         Some(scale) => {
-            let model = CapacityModel::new(ITEM_WRITE_UNITS_PER_S, scale);
+            let model = CapacityModel::new(PARTITION_WRITE_UNITS_PER_S, scale);
             tracing::info!(
                 write_units_per_s_per_item = model.budget_per_item(),
                 "functions reach DynamoDB through the capacity model"
@@ -207,15 +194,17 @@ async fn run(
     for (name, authorizer) in &config.authorizers {
         verifiers.insert(name.clone(), Verifier::load(&state, authorizer)?);
     }
-    let gateway = Arc::new(Gateway::new(
-        &config,
-        functions,
-        verifiers,
+    let store = aws.store(config::table_name(&Env::process())?);
+    let sale = SalePage::new(
+        store.clone(),
+        aws_sdk_sqs::Client::new(&sdk),
+        std::env::var("ORDERS_QUEUE_URL").ok(),
+        std::env::var("ORDERS_DLQ_URL").ok(),
+    );
+    let gateway = Arc::new(
         // The functions share one store per table, and so its write statistics.
-        aws.store(config::table_name(&Env::process())?)
-            .stats()
-            .cloned(),
-    )?);
+        Gateway::new(&config, functions, verifiers, store.stats().cloned())?.with_sale_page(sale),
+    );
 
     let poller_client = poller_client(&sdk);
     let mut sources = Vec::new();

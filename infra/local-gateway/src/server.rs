@@ -8,9 +8,11 @@ use crate::event::{api_gateway_event, lambda_request, Authorized, IncomingReques
 use crate::functions::HttpFunction;
 use crate::jwt::{AuthError, Claims, Verifier};
 use crate::routes::{RouteError, RouteTable};
+use crate::sale::{self, SaleError, SalePage};
 use base64::Engine as _;
 use bytes::Bytes;
 use flash_aws::dynamo::WriteStats;
+use flash_domain::limits::LAMBDA_MAX_PAYLOAD_BYTES;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -26,8 +28,6 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Lambda's limit on a synchronous invocation's request payload.
-const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// How long open connections may finish their requests once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(3);
 /// Not an API route: the process's DynamoDB write counters, for load reports.
@@ -55,6 +55,7 @@ pub struct Gateway {
     verifiers: HashMap<String, Verifier>,
     throttle: Option<TokenBucket>,
     stats: Option<Arc<WriteStats>>,
+    sale: Option<SalePage>,
 }
 
 impl Gateway {
@@ -90,7 +91,51 @@ impl Gateway {
             verifiers,
             throttle: config.throttle.map(TokenBucket::new),
             stats,
+            sale: None,
         })
+    }
+
+    /// Serves the live sale page (`/_local/sale`) from `sale`.
+    pub fn with_sale_page(mut self, sale: SalePage) -> Self {
+        self.sale = Some(sale);
+        self
+    }
+
+    /// The local-only pages and endpoints, outside the API's routes.
+    async fn local(&self, parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
+        if parts.method != hyper::Method::GET {
+            return None;
+        }
+        match parts.uri.path() {
+            STATS_PATH => self
+                .stats
+                .as_ref()
+                .map(|stats| json_response(StatusCode::OK, &stats.snapshot())),
+            sale::PAGE_PATH if self.sale.is_some() => {
+                let mut response =
+                    Response::new(Full::new(Bytes::from_static(sale::PAGE.as_bytes())));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                Some(response)
+            }
+            sale::SNAPSHOT_PATH => {
+                let page = self.sale.as_ref()?;
+                let sku = query_param(parts.uri.query().unwrap_or_default(), "sku");
+                Some(match page.snapshot(sku.as_deref()).await {
+                    Ok(snapshot) => json_response(StatusCode::OK, &snapshot),
+                    Err(e @ (SaleError::NoProduct(_) | SaleError::NoProducts)) => {
+                        message(StatusCode::NOT_FOUND, &e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the sale snapshot failed");
+                        message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+                    }
+                })
+            }
+            _ => None,
+        }
     }
 
     pub async fn handle(
@@ -125,10 +170,8 @@ impl Gateway {
         request_id: &str,
     ) -> HttpResponse {
         let (parts, body) = req.into_parts();
-        if parts.uri.path() == STATS_PATH && parts.method == hyper::Method::GET {
-            if let Some(stats) = &self.stats {
-                return json_response(StatusCode::OK, &stats.snapshot());
-            }
+        if let Some(response) = self.local(&parts).await {
+            return response;
         }
         let Some(matched) = self.routes.find(&parts.method, parts.uri.path()) else {
             return message(StatusCode::NOT_FOUND, "Not Found");
@@ -148,7 +191,7 @@ impl Gateway {
                 return rejection.into_response();
             }
         };
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        let body = match Limited::new(body, LAMBDA_MAX_PAYLOAD_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
@@ -185,7 +228,20 @@ impl Gateway {
                 return message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
             }
         };
-        self.invoke(route, lambda_req, request_id).await
+        let response = self.invoke(route, lambda_req, request_id).await;
+        if let Some(sale) = &self.sale {
+            let created = parts.method == hyper::Method::PUT
+                && route.path == "/products/{sku}"
+                && response.status() == StatusCode::CREATED;
+            if let Some((_, sku)) = matched
+                .path_parameters
+                .iter()
+                .find(|(name, _)| created && name == "sku")
+            {
+                sale.created(sku);
+            }
+        }
+        response
     }
 
     /// Runs the function as Lambda would: its own task (a panic is a function error, as the
@@ -323,6 +379,18 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> HttpRespo
     response
 }
 
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
 /// Looks like API Gateway's request ids (`Q1a2b3cDEFgHIJ0=`).
 fn request_id() -> String {
     base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 11]>())
@@ -413,32 +481,8 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JwtAuthorizer;
-    use crate::jwt::{ensure_keys, Minter};
-    use std::sync::OnceLock;
-
-    fn authorizer() -> JwtAuthorizer {
-        JwtAuthorizer {
-            identity_source: "$request.header.Authorization".into(),
-            issuer: "flash-sale-local".into(),
-            audience: vec!["flash-sale-api".into()],
-        }
-    }
-
-    fn keys() -> &'static (Vec<u8>, Vec<u8>) {
-        static KEYS: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-        KEYS.get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("local-gateway-server-{}", std::process::id()));
-            ensure_keys(&dir).unwrap();
-            let keys = (
-                std::fs::read(dir.join("jwt/private.pem")).unwrap(),
-                std::fs::read(dir.join("jwt/public.pem")).unwrap(),
-            );
-            std::fs::remove_dir_all(&dir).unwrap();
-            keys
-        })
-    }
+    use crate::jwt::testing::{authorizer, keys};
+    use crate::jwt::Minter;
 
     fn route(scopes: &[&str]) -> Route {
         Route {
@@ -461,7 +505,7 @@ mod tests {
     }
 
     fn token(admin: bool) -> String {
-        Minter::new(&keys().0, &authorizer())
+        Minter::new(keys().0.as_bytes(), &authorizer())
             .unwrap()
             .mint("alice", admin, Duration::from_secs(60))
             .unwrap()
@@ -474,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_a_token_gets_api_gateways_401() {
-        let verifier = Verifier::new(&keys().1, &authorizer()).unwrap();
+        let verifier = Verifier::new(keys().1.as_bytes(), &authorizer()).unwrap();
         let rejection = authorize(Some(&verifier), &route(&[]), &headers(None)).unwrap_err();
         let response = rejection.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -487,7 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_token_gets_401_with_the_reason_in_www_authenticate() {
-        let verifier = Verifier::new(&keys().1, &authorizer()).unwrap();
+        let verifier = Verifier::new(keys().1.as_bytes(), &authorizer()).unwrap();
         let rejection =
             authorize(Some(&verifier), &route(&[]), &headers(Some("a.b.c"))).unwrap_err();
         let response = rejection.into_response();
@@ -505,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_valid_token_passes_with_its_claims() {
-        let verifier = Verifier::new(&keys().1, &authorizer()).unwrap();
+        let verifier = Verifier::new(keys().1.as_bytes(), &authorizer()).unwrap();
         let passed = authorize(Some(&verifier), &route(&[]), &headers(Some(&token(false))))
             .unwrap()
             .unwrap();
@@ -518,7 +562,7 @@ mod tests {
 
     #[test]
     fn a_route_that_requires_scopes_refuses_a_token_without_them_with_403() {
-        let verifier = Verifier::new(&keys().1, &authorizer()).unwrap();
+        let verifier = Verifier::new(keys().1.as_bytes(), &authorizer()).unwrap();
         let admin_only = route(&["flash-sale/admin"]);
         let rejection =
             authorize(Some(&verifier), &admin_only, &headers(Some(&token(false)))).unwrap_err();

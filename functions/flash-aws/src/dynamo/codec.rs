@@ -5,6 +5,7 @@ use super::keys::{meta_sku, order_key, order_of, product_key, Item};
 use aws_sdk_dynamodb::types::AttributeValue;
 use flash_domain::order::ShardTake;
 use flash_domain::ports::{PortError, PortResult};
+use flash_domain::product::DEFAULT_PAYMENT_WINDOW_SECONDS;
 use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -90,7 +91,7 @@ pub fn decode_order(item: &Item) -> PortResult<Order> {
     })
 }
 
-pub(super) fn encode_order(o: &Order) -> Item {
+pub fn encode_order(o: &Order) -> Item {
     let mut item = order_key(&o.id);
     item.insert("owner".into(), s(o.owner.as_str()));
     item.insert("sku".into(), s(o.sku.as_str()));
@@ -122,7 +123,8 @@ pub fn decode_product(item: &Item) -> PortResult<Product> {
         per_user_limit: get_n(item, "per_user_limit"),
         sale_starts_at: get_n(item, "sale_starts_at"),
         sale_ends_at: get_n(item, "sale_ends_at"),
-        payment_window_seconds: get_n(item, "payment_window_seconds").unwrap_or(900),
+        payment_window_seconds: get_n(item, "payment_window_seconds")
+            .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS),
         shards: get_n(item, "shards").filter(|&n: &u32| n > 0).unwrap_or(1),
         sold_out: item
             .get("sold_out")

@@ -3,12 +3,15 @@
 //!
 //! | item            | pk                              | sk             | attributes |
 //! |-----------------|---------------------------------|----------------|------------|
-//! | product         | `PRODUCT#{sku}`                 | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards, sold_out, restocks |
+//! | product         | `PRODUCT#{sku}`                 | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards, sold_out, restocks, created_at |
 //! | stock shard     | `PRODUCT#{sku}#SHARD#{nnn}`     | `SHARD#{nnn}`  | available |
 //! | buyer counter   | `PRODUCT#{sku}#USER#{user}`     | `BUYER#{user}` | units |
 //! | admission count | `PRODUCT#{sku}#USER#{user}`     | `ADMIT#{user}` | admitted |
 //! | order           | `ORDER#{id}`                    | `ORDER`        | owner, sku, quantity, status, reason, times, fingerprint, takes, counted, admitted, ttl (rejected only) |
 //! | rate bucket     | `RATE#{user}`                   | `RATE`         | tat, ttl |
+//! | admin bucket    | `RATE#{user}`                   | `ADMIN`        | tat, ttl |
+//! | restock key     | `RESTOCK#{digest}`              | `RESTOCK`      | fingerprint, created, at |
+//! | imported row    | `IMPORT#import-{digest}`        | `IMPORT`       | sku, caller (`flashctl product import`) |
 //!
 //! Each stock shard has a partition key of its own (write sharding): DynamoDB caps one
 //! partition at 1,000 write units/s and splits a hot one only after throttling it for a while,
@@ -26,6 +29,10 @@
 //! more than the limit. An order counted there carries `admitted`, and every write that takes
 //! it out of those states (reject, cancel, refund, payment timeout) lowers the count in the
 //! same transaction.
+//!
+//! A restock key records an admin's `Idempotency-Key` of `PUT /products/{sku}` (the digest of
+//! caller and key, [`flash_domain::ids::key_digest`]), written in the transaction that adds
+//! the stock, so a retry adds nothing. It is kept with the table, like the product.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use flash_domain::{OrderId, Sku, UserId};
@@ -33,7 +40,8 @@ use std::collections::HashMap;
 
 pub type Item = HashMap<String, AttributeValue>;
 
-const PRODUCT: &str = "PRODUCT#";
+/// The start of every product item's `pk`: a scan for products filters on it.
+pub const PRODUCT_PREFIX: &str = "PRODUCT#";
 const SHARD: &str = "SHARD#";
 const USER: &str = "USER#";
 const BUYER: &str = "BUYER#";
@@ -43,18 +51,18 @@ const RATE: &str = "RATE#";
 pub const ORDER_PREFIX: &str = "ORDER#";
 
 pub fn product_pk(sku: &Sku) -> String {
-    format!("{PRODUCT}{sku}")
+    format!("{PRODUCT_PREFIX}{sku}")
 }
 pub const META: &str = "META";
 pub fn shard_pk(sku: &Sku, shard: u32) -> String {
-    format!("{PRODUCT}{sku}#{SHARD}{shard:03}")
+    format!("{PRODUCT_PREFIX}{sku}#{SHARD}{shard:03}")
 }
 pub fn shard_sk(shard: u32) -> String {
     format!("{SHARD}{shard:03}")
 }
 /// The partition of one buyer's counters of one product.
 pub fn user_pk(sku: &Sku, user: &UserId) -> String {
-    format!("{PRODUCT}{sku}#{USER}{user}")
+    format!("{PRODUCT_PREFIX}{sku}#{USER}{user}")
 }
 pub fn buyer_sk(user: &UserId) -> String {
     format!("{BUYER}{user}")
@@ -77,12 +85,12 @@ pub fn admit_key(sku: &Sku, user: &UserId) -> Item {
 }
 /// The SKU of any item of a product (its `META`, a shard, a buyer's counters), from its `pk`.
 pub fn product_of(pk: &str) -> Option<&str> {
-    let rest = pk.strip_prefix(PRODUCT)?;
+    let rest = pk.strip_prefix(PRODUCT_PREFIX)?;
     Some(rest.split_once('#').map_or(rest, |(sku, _)| sku))
 }
 /// What follows `PRODUCT#` in a `pk`: the SKU when the item is a product's `META`.
 pub fn meta_sku(pk: &str) -> Option<&str> {
-    pk.strip_prefix(PRODUCT)
+    pk.strip_prefix(PRODUCT_PREFIX)
 }
 /// Whether an `sk` is a stock shard's.
 pub fn is_shard(sk: &str) -> bool {
@@ -104,9 +112,27 @@ pub fn rate_pk(user: &UserId) -> String {
     format!("{RATE}{user}")
 }
 pub const RATE_SK: &str = "RATE";
+/// The sort key of a caller's admin bucket: an item of its own, beside the buyer bucket, so
+/// the two rates never share one `tat`.
+pub const ADMIN_RATE_SK: &str = "ADMIN";
 /// The key of a caller's rate bucket.
 pub fn rate_key(user: &UserId) -> Item {
-    key(rate_pk(user), RATE_SK)
+    rate_key_in(user, RATE_SK)
+}
+/// The key of a caller's bucket `sk` ([`RATE_SK`] or [`ADMIN_RATE_SK`]).
+pub fn rate_key_in(user: &UserId, sk: &str) -> Item {
+    key(rate_pk(user), sk)
+}
+const RESTOCK: &str = "RESTOCK#";
+pub const RESTOCK_SK: &str = "RESTOCK";
+/// The key of a restock key's record.
+pub fn restock_key(digest: &str) -> Item {
+    key(format!("{RESTOCK}{digest}"), RESTOCK_SK)
+}
+/// The key of `flashctl product import`'s record of one imported row (`row_key`: the row's
+/// `Idempotency-Key`, a digest of the file and the row's place).
+pub fn import_key(row_key: &str) -> Item {
+    key(format!("IMPORT#{row_key}"), "IMPORT")
 }
 pub fn order_pk(id: &OrderId) -> String {
     format!("{ORDER_PREFIX}{id}")

@@ -6,11 +6,12 @@
 //! - [`products`]: create a product, add stock, the sold-out flag, read the shards;
 //! - [`orders`]: create, read, reject and advance an order;
 //! - [`group_commit`]: a group of orders decided in one transaction, and its refusal;
-//! - [`rate_bucket`]: the per-caller token bucket;
+//! - [`rate_bucket`]: the per-caller rate limit ([`DynamoRateLimit`]), a token bucket an item;
 //! - [`returns`]: stock given back when an order leaves the states that hold it;
 //! - [`writes`] and [`cancel`]: the update builder, the transaction, and what its
 //!   cancellation means;
-//! - [`write_stats`]: write traffic, counted for the local stack and the bench.
+//! - [`write_stats`]: write traffic, counted for the local stack and the bench;
+//! - [`ledger`]: the reads behind the invariant checks (the reconciler's `Ledger`).
 //!
 //! Every change is a conditional write: the condition is the optimistic lock, and a failed
 //! condition is a business answer, decoded from the values DynamoDB returns with it.
@@ -19,6 +20,7 @@ mod cancel;
 pub mod codec;
 mod group_commit;
 pub mod keys;
+pub mod ledger;
 mod orders;
 mod products;
 mod rate_bucket;
@@ -26,24 +28,25 @@ mod returns;
 mod write_stats;
 mod writes;
 
-pub use codec::{decode_order, decode_product};
+pub use codec::{decode_order, decode_product, encode_order};
 pub use keys::*;
 pub use orders::REJECTED_KEPT_S;
+pub use rate_bucket::{DynamoRateLimit, RateHints};
 pub use write_stats::{WriteCounts, WriteStats};
 
 use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_sdk_dynamodb::Client;
 use flash_domain::clock::Millis;
+use flash_domain::limits::BATCH_GET_MAX_KEYS;
 use flash_domain::order::Transition;
 use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, PortError, PortResult, ShardStock, Store,
+    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PortError, PortResult, ProductWrite,
+    ShardStock, Store,
 };
-use flash_domain::token_bucket::{Micros, TokenBucket};
-use flash_domain::{Order, OrderId, Product, Reason, Sku, UserId};
-use std::collections::HashMap;
+use flash_domain::{Order, OrderId, Product, ProductPut, Reason, Sku, UserId};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use writes::sdk;
 
 #[derive(Clone)]
@@ -52,31 +55,15 @@ pub struct DynamoStore {
     table: String,
     /// Counted only when something reads them ([`Self::with_write_stats`]).
     stats: Option<Arc<WriteStats>>,
-    rate_limit: Option<TokenBucket>,
-    /// The last `tat` this process saw for each caller's bucket. `tat` only grows, so a
-    /// remembered value is a lower bound: it picks the right write first, and when it already
-    /// says the bucket is empty the request is refused after a read, without a write.
-    rate_hints: Arc<Mutex<HashMap<UserId, Micros>>>,
 }
 
 impl DynamoStore {
-    /// A store with the default rate limit on write routes
-    /// ([`crate::config::default_rate_limit`]).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
             stats: None,
-            rate_limit: crate::config::default_rate_limit(),
-            rate_hints: Arc::default(),
         }
-    }
-
-    /// Sets the per-caller token bucket [`Store::take_token`] takes from; `None` admits
-    /// everything.
-    pub fn with_rate_limit(mut self, bucket: Option<TokenBucket>) -> Self {
-        self.rate_limit = bucket;
-        self
     }
 
     /// Counts this store's (and its clones') writes in [`Self::stats`], asking DynamoDB for
@@ -85,10 +72,6 @@ impl DynamoStore {
     pub fn with_write_stats(mut self) -> Self {
         self.stats = Some(Arc::default());
         self
-    }
-
-    pub fn rate_limit(&self) -> Option<TokenBucket> {
-        self.rate_limit
     }
 
     pub fn from_config(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
@@ -108,10 +91,17 @@ impl DynamoStore {
         self.stats.as_ref()
     }
 
-    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> PortResult<Vec<Item>> {
+    /// The items of `keys` that exist, read consistently. A key named twice is read once:
+    /// BatchGetItem refuses a request that repeats one.
+    pub(super) async fn batch_get(&self, mut keys: Vec<Item>) -> PortResult<Vec<Item>> {
+        let mut seen = HashSet::new();
+        keys.retain(|k| {
+            let key = |name| codec::get_s(k, name).map(str::to_owned);
+            seen.insert((key("pk"), key("sk")))
+        });
         let mut out = Vec::new();
-        // BatchGetItem takes at most 100 keys and may hand some back unprocessed.
-        for chunk in keys.chunks(100) {
+        // BatchGetItem may hand some keys back unprocessed.
+        for chunk in keys.chunks(BATCH_GET_MAX_KEYS) {
             let mut request = Some(
                 KeysAndAttributes::builder()
                     .set_keys(Some(chunk.to_vec()))
@@ -158,21 +148,29 @@ impl Store for DynamoStore {
         Self::get_product(self, sku)
     }
 
+    fn get_products(
+        &self,
+        skus: &[Sku],
+    ) -> impl Future<Output = PortResult<HashMap<Sku, Product>>> + Send {
+        Self::get_products(self, skus)
+    }
+
     fn create_product(
         &self,
         product: &Product,
         stock: &[(u32, u64)],
-    ) -> impl Future<Output = PortResult<bool>> + Send {
-        Self::create_product(self, product, stock)
+        key: Option<&KeyRecord>,
+    ) -> impl Future<Output = PortResult<ProductWrite>> + Send {
+        Self::create_product(self, product, stock, key)
     }
 
     fn add_stock(
         &self,
-        product: &Product,
-        added: u64,
+        put: &ProductPut,
         stock: &[(u32, u64)],
-    ) -> impl Future<Output = PortResult<bool>> + Send {
-        Self::add_stock(self, product, added, stock)
+        key: Option<&KeyRecord>,
+    ) -> impl Future<Output = PortResult<ProductWrite>> + Send {
+        Self::add_stock(self, put, stock, key)
     }
 
     fn mark_sold_out(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
@@ -188,6 +186,13 @@ impl Store for DynamoStore {
         product: &Product,
     ) -> impl Future<Output = PortResult<Vec<ShardStock>>> + Send {
         Self::read_shards(self, product)
+    }
+
+    fn read_shards_of(
+        &self,
+        products: &[&Product],
+    ) -> impl Future<Output = PortResult<HashMap<Sku, Vec<ShardStock>>>> + Send {
+        Self::read_shards_of(self, products)
     }
 
     fn read_bought(
@@ -244,14 +249,6 @@ impl Store for DynamoStore {
     ) -> impl Future<Output = PortResult<Advance>> + Send {
         Self::advance(self, order, t, owner, now)
     }
-
-    fn take_token(
-        &self,
-        caller: &UserId,
-        now: Millis,
-    ) -> impl Future<Output = PortResult<Result<(), Duration>>> + Send {
-        Self::take_token(self, caller, now)
-    }
 }
 
 #[cfg(test)]
@@ -299,7 +296,7 @@ mod tests {
                 SharedHttpConnector::new(CanceledWithoutReasons)
             }))
             .build();
-        DynamoStore::new(Client::from_conf(config), "flash").with_rate_limit(None)
+        DynamoStore::new(Client::from_conf(config), "flash")
     }
 
     #[tokio::test]
@@ -318,7 +315,18 @@ mod tests {
             sold_out: false,
             restocks: 0,
         };
-        assert!(store.add_stock(&product, 5, &[(0, 5)]).await.is_err());
+        let put = ProductPut {
+            sku: sku.clone(),
+            name: product.name.clone(),
+            stock: 5,
+            shards: None,
+            settings: Default::default(),
+        };
+        assert!(store.add_stock(&put, &[(0, 5)], None).await.is_err());
+        assert!(store
+            .create_product(&product, &[(0, 5)], None)
+            .await
+            .is_err());
         let order = Order {
             id: OrderId::parse("0123456789abcdef0123456789abcdef").expect("valid id"),
             owner: UserId::parse("alice").expect("valid user"),

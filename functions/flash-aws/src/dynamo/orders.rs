@@ -246,11 +246,7 @@ impl DynamoStore {
     }
 
     pub(super) async fn get_orders(&self, ids: &[OrderId]) -> PortResult<Vec<Order>> {
-        let mut unique: Vec<&OrderId> = ids.iter().collect();
-        unique.sort();
-        unique.dedup();
-        let keys = unique.into_iter().map(order_key).collect();
-        self.batch_get(keys)
+        self.batch_get(ids.iter().map(order_key).collect())
             .await?
             .iter()
             .map(decode_order)

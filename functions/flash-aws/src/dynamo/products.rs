@@ -1,22 +1,63 @@
-//! Products: create one with its stock shards, add stock, set and clear the sold-out flag,
-//! read the shards.
+//! Products: create one with its stock shards, add stock (with an admin's idempotency key's
+//! record in the same transaction), set and clear the sold-out flag, read the shards.
 
-use super::cancel::{canceled_error, is_ccf};
+use super::cancel::{canceled_error, is_ccf, Reasons};
 use super::codec::{decode_product, encode_product, get_n, get_s, malformed, n, s};
-use super::keys::{product_key, shard_key, shard_of};
+use super::keys::{product_key, product_of, restock_key, shard_key, shard_of, Item};
 use super::returns::{RETURN_BACKOFF, RETURN_BACKOFF_CAP};
 use super::writes::{sdk, TxFailure};
 use super::DynamoStore;
 use crate::errors::port_error;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use flash_domain::backoff::jittered;
-use flash_domain::ports::{PortError, PortResult, ShardStock};
-use flash_domain::{Product, Sku};
+use flash_domain::clock::now_ms;
+use flash_domain::ports::{KeyRecord, PortError, PortResult, ProductWrite, ShardStock};
+use flash_domain::product::{Change, DEFAULT_PAYMENT_WINDOW_SECONDS};
+use flash_domain::{Product, ProductPut, Sku};
+use std::collections::HashMap;
 
 /// Single-item writes to the product item before giving up on conflicts with a transaction
 /// on it (new stock, rare).
 const RESTOCK_ATTEMPTS: u32 = 5;
+
+fn map<T, U>(c: Change<T>, f: impl FnOnce(T) -> U) -> Change<U> {
+    match c {
+        Change::Keep => Change::Keep,
+        Change::Clear => Change::Clear,
+        Change::Set(v) => Change::Set(f(v)),
+    }
+}
+
+/// What a canceled product write means: the key's record (the first item, when there is a
+/// key) already there is `KeyUsed`, with the record DynamoDB returned; a failed condition
+/// `raced` recognises is `Raced`; anything else an error.
+fn product_write_refused(
+    key: Option<&KeyRecord>,
+    reasons: &Reasons,
+    raced: impl FnOnce(&Reasons) -> bool,
+) -> PortResult<ProductWrite> {
+    if let Some(key) = key {
+        if let Some((code, item)) = reasons.first().filter(|(c, _)| is_ccf(c)) {
+            let earlier = item.as_ref().and_then(|i| {
+                Some(KeyRecord {
+                    id: key.id.clone(),
+                    fingerprint: get_s(i, "fingerprint")?.to_owned(),
+                    created: *i.get("created")?.as_bool().ok()?,
+                })
+            });
+            return earlier
+                .map(ProductWrite::KeyUsed)
+                .ok_or_else(|| canceled_error(&[(code.clone(), None)]));
+        }
+    }
+    if raced(reasons) {
+        return Ok(ProductWrite::Raced);
+    }
+    Err(canceled_error(reasons))
+}
 
 impl DynamoStore {
     pub(super) async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
@@ -31,21 +72,29 @@ impl DynamoStore {
         resp.item.as_ref().map(decode_product).transpose()
     }
 
+    /// One consistent `BatchGetItem` per 100 products (a batch of 50 orders names at most 50).
+    pub(super) async fn get_products(&self, skus: &[Sku]) -> PortResult<HashMap<Sku, Product>> {
+        self.batch_get(skus.iter().map(product_key).collect())
+            .await?
+            .iter()
+            .map(|item| decode_product(item).map(|p| (p.sku.clone(), p)))
+            .collect()
+    }
+
     pub(super) async fn create_product(
         &self,
         product: &Product,
         stock: &[(u32, u64)],
-    ) -> PortResult<bool> {
-        let mut items = vec![TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(encode_product(product)))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .build()
-                    .map_err(|e| PortError::unavailable("building Put", e))?,
-            )
-            .build()];
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        let mut items = Vec::new();
+        if let Some(key) = key {
+            items.push(Self::key_put(&self.table, key)?);
+        }
+        let mut meta = encode_product(product);
+        // Not part of the product: the local sale page finds the newest product by it.
+        meta.insert("created_at".into(), n(now_ms()));
+        items.push(Self::tx_put(&self.table, meta, "attribute_not_exists(pk)")?);
         for shard in 0..product.shards {
             let units = stock
                 .iter()
@@ -53,93 +102,114 @@ impl DynamoStore {
                 .map_or(0, |(_, u)| *u);
             let mut item = shard_key(&product.sku, shard);
             item.insert("available".into(), n(units));
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(|e| PortError::unavailable("building Put", e))?,
-                    )
-                    .build(),
-            );
+            items.push(Self::tx_put(&self.table, item, "attribute_not_exists(pk)")?);
         }
         match self.transact(items, product.shards as usize).await {
-            Ok(()) => Ok(true),
-            Err(TxFailure::Canceled(reasons)) if reasons.iter().any(|(c, _)| is_ccf(c)) => {
-                Ok(false)
-            }
-            Err(TxFailure::Canceled(r)) => Err(canceled_error(&r)),
+            Ok(()) => Ok(ProductWrite::Written),
+            Err(TxFailure::Canceled(reasons)) => product_write_refused(key, &reasons, |r| {
+                // The product item or one of its shards exists already.
+                r.iter().any(|(c, _)| is_ccf(c))
+            }),
             Err(TxFailure::Other(e)) => Err(e),
         }
     }
 
     pub(super) async fn add_stock(
         &self,
-        product: &Product,
-        added: u64,
+        put: &ProductPut,
         stock: &[(u32, u64)],
-    ) -> PortResult<bool> {
-        let mut set = vec![
-            "#name = :name".to_owned(),
-            "payment_window_seconds = :pw".to_owned(),
-        ];
+        key: Option<&KeyRecord>,
+    ) -> PortResult<ProductWrite> {
+        let change = put.settings;
+        let mut set = vec!["#name = :name".to_owned()];
         // New stock means the product is no longer sold out.
         let mut remove = vec!["sold_out"];
+        let mut condition = vec!["attribute_exists(pk)"];
         let mut meta = self
-            .update(product_key(&product.sku))
+            .update(product_key(&put.sku))
             .expression_attribute_names("#name", "name")
-            .expression_attribute_values(":name", s(&product.name))
-            .expression_attribute_values(":pw", n(product.payment_window_seconds))
-            .expression_attribute_values(":added", n(added))
+            .expression_attribute_values(":name", s(&put.name))
+            .expression_attribute_values(":added", n(put.stock))
             .expression_attribute_values(":one", n(1));
-        for (attr, v) in [
-            ("per_user_limit", product.per_user_limit.map(i64::from)),
-            ("sale_starts_at", product.sale_starts_at),
-            ("sale_ends_at", product.sale_ends_at),
+        let pw = match change.payment_window_seconds {
+            Change::Keep => Change::Keep,
+            Change::Clear => Change::Set(DEFAULT_PAYMENT_WINDOW_SECONDS),
+            set => set,
+        };
+        // A setting left out is not written at all, so a restock never erases what it
+        // does not name; `null` removes it.
+        for (attr, value) in [
+            ("per_user_limit", map(change.per_user_limit, i64::from)),
+            ("sale_starts_at", change.sale_starts_at),
+            ("sale_ends_at", change.sale_ends_at),
+            ("payment_window_seconds", map(pw, i64::from)),
         ] {
-            match v {
-                Some(v) => {
+            match value {
+                Change::Keep => {}
+                Change::Clear => remove.push(attr),
+                Change::Set(v) => {
                     set.push(format!("{attr} = :{attr}"));
                     meta = meta.expression_attribute_values(format!(":{attr}"), n(v));
                 }
-                None => remove.push(attr),
             }
         }
-        let mut expr = format!(
-            "SET {} ADD stock_added :added, restocks :one",
-            set.join(", ")
-        );
-        if !remove.is_empty() {
-            expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        // The caller checked the window against the bounds it keeps; they must not have
+        // moved since.
+        match (change.sale_starts_at, change.sale_ends_at) {
+            (Change::Set(_), Change::Keep) => condition
+                .push("(attribute_not_exists(sale_ends_at) OR sale_ends_at > :sale_starts_at)"),
+            (Change::Keep, Change::Set(_)) => condition
+                .push("(attribute_not_exists(sale_starts_at) OR sale_starts_at < :sale_ends_at)"),
+            _ => {}
         }
+        let expr = format!(
+            "SET {} ADD stock_added :added, restocks :one REMOVE {}",
+            set.join(", "),
+            remove.join(", ")
+        );
         let meta = meta
             .update_expression(expr)
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression(condition.join(" AND "))
             .build()
             .map_err(|e| PortError::unavailable("building Update", e))?;
-        let mut items = vec![TransactWriteItem::builder().update(meta).build()];
+        let mut items = Vec::new();
+        if let Some(key) = key {
+            items.push(Self::key_put(&self.table, key)?);
+        }
+        let meta_index = items.len();
+        items.push(TransactWriteItem::builder().update(meta).build());
         for &(shard, units) in stock {
-            items.push(Self::tx_update(self.add_to_shard(
-                &product.sku,
-                shard,
-                units,
-            ))?);
+            items.push(Self::tx_update(self.add_to_shard(&put.sku, shard, units))?);
         }
         match self.transact(items, stock.len()).await {
-            Ok(()) => Ok(true),
-            // The META update's condition, the first item; the list is never indexed, since
-            // nothing but DynamoDB's habit says it is never empty.
-            Err(TxFailure::Canceled(reasons))
-                if reasons.first().is_some_and(|(c, _)| is_ccf(c)) =>
-            {
-                Ok(false)
-            }
-            Err(TxFailure::Canceled(r)) => Err(canceled_error(&r)),
+            Ok(()) => Ok(ProductWrite::Written),
+            // The list is never indexed: nothing but DynamoDB's habit says it has an entry
+            // per item.
+            Err(TxFailure::Canceled(reasons)) => product_write_refused(key, &reasons, |r| {
+                r.get(meta_index).is_some_and(|(c, _)| is_ccf(c))
+            }),
             Err(TxFailure::Other(e)) => Err(e),
         }
+    }
+
+    fn tx_put(table: &str, item: Item, condition: &str) -> PortResult<TransactWriteItem> {
+        Put::builder()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map(|p| TransactWriteItem::builder().put(p).build())
+            .map_err(|e| PortError::unavailable("building Put", e))
+    }
+
+    /// The key's record, put only if the key was never used: the first item of the write.
+    fn key_put(table: &str, key: &KeyRecord) -> PortResult<TransactWriteItem> {
+        let mut item = restock_key(&key.id);
+        item.insert("fingerprint".into(), s(&key.fingerprint));
+        item.insert("created".into(), AttributeValue::Bool(key.created));
+        item.insert("at".into(), n(now_ms()));
+        Self::tx_put(table, item, "attribute_not_exists(pk)")
     }
 
     pub(super) async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
@@ -208,27 +278,44 @@ impl DynamoStore {
         }
     }
 
+    /// The shards of several products in one consistent `BatchGetItem` per 100 shards.
+    pub(super) async fn read_shards_of(
+        &self,
+        products: &[&Product],
+    ) -> PortResult<HashMap<Sku, Vec<ShardStock>>> {
+        let keys = products
+            .iter()
+            .flat_map(|p| (0..p.shards).map(|shard| shard_key(&p.sku, shard)))
+            .collect();
+        let mut out: HashMap<Sku, Vec<ShardStock>> = HashMap::new();
+        for item in self.batch_get(keys).await? {
+            let (sku, stock) = decode_shard(&item)?;
+            out.entry(sku).or_default().push(stock);
+        }
+        for shards in out.values_mut() {
+            shards.sort_by_key(|s| s.shard);
+        }
+        Ok(out)
+    }
+
     pub(super) async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
         // The shards are separate partitions, so no Query finds them all: the product knows
         // how many it has, and one BatchGetItem (at most 64 keys, well under its 100) reads
         // them consistently.
-        let keys = (0..product.shards)
-            .map(|shard| shard_key(&product.sku, shard))
-            .collect();
-        let mut shards = self
-            .batch_get(keys)
-            .await?
-            .iter()
-            .map(|item| {
-                let shard = get_s(item, "sk")
-                    .and_then(shard_of)
-                    .ok_or_else(|| malformed("shard key"))?;
-                let available = get_n(item, "available").ok_or_else(|| malformed("available"))?;
-                Ok(ShardStock { shard, available })
-            })
-            .collect::<PortResult<Vec<_>>>()?;
-        // BatchGetItem answers in no particular order.
-        shards.sort_by_key(|s| s.shard);
-        Ok(shards)
+        let mut of = self.read_shards_of(&[product]).await?;
+        Ok(of.remove(&product.sku).unwrap_or_default())
     }
+}
+
+/// A shard item: its product's SKU and what it holds.
+fn decode_shard(item: &Item) -> PortResult<(Sku, ShardStock)> {
+    let sku = get_s(item, "pk")
+        .and_then(product_of)
+        .and_then(|s| Sku::parse(s).ok())
+        .ok_or_else(|| malformed("shard pk"))?;
+    let shard = get_s(item, "sk")
+        .and_then(shard_of)
+        .ok_or_else(|| malformed("shard key"))?;
+    let available = get_n(item, "available").ok_or_else(|| malformed("available"))?;
+    Ok((sku, ShardStock { shard, available }))
 }

@@ -1,10 +1,10 @@
 //! A circuit breaker in front of one AWS dependency: the domain's state machine
-//! ([`flash_domain::breaker`]) on tokio's clock (so tests can pause it), shared by the
+//! ([`flash_domain::breaker_state`]) on tokio's clock (so tests can pause it), shared by the
 //! requests of a warm function, with every state change logged and metered.
 
 use crate::http::ApiError;
 use crate::telemetry::{metric, Unit};
-use flash_domain::breaker::{Breaker, BreakerConfig, Change, Outcome, Permit, State};
+use flash_domain::breaker_state::{Breaker, BreakerConfig, Change, Outcome, Permit, State};
 use flash_domain::ports::PortResult;
 use flash_domain::token_bucket::retry_after_secs;
 use std::future::Future;

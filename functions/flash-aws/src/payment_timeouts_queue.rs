@@ -1,36 +1,30 @@
-//! The payment-timeouts queue: one delayed message per pending order (see
+//! The payment-timeouts queue (SQS): one delayed message per pending order (see
 //! `flash_domain::expiry`), sent with `SendMessageBatch`, ten to a call, every call at once.
 
+use crate::SqsQueue;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use flash_domain::clock::Millis;
-use flash_domain::expiry::{PaymentDue, PaymentTimeouts, TimeoutMessage, Unscheduled};
-use flash_domain::ports::PortError;
+use flash_domain::expiry::{PaymentDue, TimeoutMessage};
+use flash_domain::limits::SQS_MAX_BATCH_ENTRIES;
+use flash_domain::ports::{PaymentTimeouts, PortError, Unscheduled};
 use flash_domain::OrderId;
 
-/// SQS's most entries per `SendMessageBatch`.
-const BATCH_MAX: usize = 10;
-
+/// The payment-timeouts queue: the queue it sends to, and what it sends.
 #[derive(Clone)]
-pub struct SqsTimeouts {
-    client: Client,
-    url: String,
-}
+pub struct SqsTimeouts(SqsQueue);
 
 impl SqsTimeouts {
     pub fn new(client: Client, url: impl Into<String>) -> Self {
-        Self {
-            client,
-            url: url.into(),
-        }
+        Self(SqsQueue::new(client, url))
     }
 
     pub fn from_config(sdk: &aws_config::SdkConfig, url: impl Into<String>) -> Self {
-        Self::new(Client::new(sdk), url)
+        Self(SqsQueue::from_config(sdk, url))
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.0.url
     }
 
     /// One `SendMessageBatch`: the orders whose message was not accepted, and why.
@@ -62,9 +56,10 @@ impl SqsTimeouts {
             entries.push(entry);
         }
         let out = self
+            .0
             .client
             .send_message_batch()
-            .queue_url(&self.url)
+            .queue_url(&self.0.url)
             .set_entries(Some(entries))
             .send()
             .await
@@ -97,7 +92,7 @@ impl PaymentTimeouts for SqsTimeouts {
         unique.dedup_by(|a, b| a.order_id == b.order_id);
         let results = futures::future::join_all(
             unique
-                .chunks(BATCH_MAX)
+                .chunks(SQS_MAX_BATCH_ENTRIES)
                 .map(|chunk| self.send_batch(chunk, now)),
         )
         .await;

@@ -1,12 +1,14 @@
-//! Assertions over the invariant checker (`flash_aws::audit`), which every scenario ends with.
+//! Assertions over the invariant checker (`flash_domain::invariant_check`), which every
+//! scenario against the local stack ends with, and the product's audit read from DynamoDB.
 
-use flash_aws::audit::Audit;
+use flash_aws::dynamo::ledger;
 use flash_aws::DynamoStore;
+use flash_domain::invariant_check::Audit;
 use flash_domain::Sku;
 
 pub async fn audit(store: &DynamoStore, sku: &str) -> Audit {
     let sku = Sku::parse(sku).expect("test SKUs are valid");
-    flash_aws::audit::audit(store, &sku)
+    ledger::audit(store, &sku)
         .await
         .expect("the audit reads the table")
 }
