@@ -111,29 +111,21 @@ impl<L: Ledger> Reconcile<L> {
     pub async fn handle(&self) -> PortResult<Summary> {
         let (summary, products) = self.run(now_ms()).await?;
         for p in &products {
-            if p.violations.is_empty() {
-                tracing::info!(
-                    sku = p.sku,
-                    stock_added = p.stock_added,
-                    available = p.available,
-                    units_held = p.units_held,
-                    orders = p.orders,
-                    stale_queued = p.stale_queued,
-                    overdue_pending = p.overdue_pending,
-                    settled = p.settled,
-                    violations = 0,
-                    "product reconciled"
-                );
-            } else {
+            tracing::info!(
+                sku = p.sku,
+                stock_added = p.stock_added,
+                available = p.available,
+                units_held = p.units_held,
+                orders = p.orders,
+                stale_queued = p.stale_queued,
+                overdue_pending = p.overdue_pending,
+                settled = p.settled,
+                violations = p.violation_count,
+                "product reconciled"
+            );
+            if !p.violations.is_empty() {
                 tracing::error!(
                     sku = p.sku,
-                    stock_added = p.stock_added,
-                    available = p.available,
-                    units_held = p.units_held,
-                    orders = p.orders,
-                    stale_queued = p.stale_queued,
-                    overdue_pending = p.overdue_pending,
-                    settled = p.settled,
                     violations = p.violation_count,
                     details = p.violations.join("; "),
                     "product breaks an invariant"
