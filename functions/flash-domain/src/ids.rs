@@ -14,6 +14,31 @@ fn invalid(msg: impl Into<String>) -> ValidationError {
     ValidationError(msg.into())
 }
 
+/// What every string identifier has: `as_str`, `Display`, and deserialization through its
+/// `parse`, so a value read from JSON is checked as one read from a header.
+macro_rules! parsed_string {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// A product code: 1–64 characters of `A-Z a-z 0-9 - _ .`. Anything else (notably `#`, our
 /// key delimiter) is refused so a SKU can never forge another item's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -40,24 +65,9 @@ impl Sku {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl<'de> Deserialize<'de> for Sku {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Sku::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Sku {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+parsed_string!(Sku);
 
 /// Units in one order: never zero, at most [`Quantity::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -105,13 +115,6 @@ impl<'de> Deserialize<'de> for Quantity {
 #[serde(transparent)]
 pub struct UserId(String);
 
-impl<'de> Deserialize<'de> for UserId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        UserId::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
@@ -119,17 +122,9 @@ impl UserId {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+parsed_string!(UserId);
 
 /// The client's `Idempotency-Key` header: 1–128 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,11 +143,9 @@ impl IdempotencyKey {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+parsed_string!(IdempotencyKey);
 
 /// 32 lowercase hex digits naming a caller's `Idempotency-Key`: the same caller and key always
 /// give the same digest, and two callers' keys never collide.
@@ -183,24 +176,9 @@ impl OrderId {
             Err(invalid("order id must be 32 lowercase hex digits"))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl<'de> Deserialize<'de> for OrderId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        OrderId::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for OrderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+parsed_string!(OrderId);
 
 #[cfg(test)]
 mod tests {
