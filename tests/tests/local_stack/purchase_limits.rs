@@ -161,12 +161,7 @@ async fn the_invariant_checker_catches_a_stranded_admission_count() {
     )
     .await;
     // THEN the checker reports it
-    let a = audit(&sale.store, &sale.sku).await;
-    assert!(
-        a.violations
-            .iter()
-            .any(|v| v.contains("admission count 2 but 1 units")),
-        "{:?}",
-        a.violations
-    );
+    audit(&sale.store, &sale.sku)
+        .await
+        .assert_violation(|v| v.contains("admission count 2 but 1 units"));
 }
