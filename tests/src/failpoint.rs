@@ -311,6 +311,23 @@ impl<T> Faulty<T> {
     fn record(&self, e: Entry) {
         self.inv.inner.tracer.record(e);
     }
+
+    /// `put`, a put of `order`, as step `op`; an order it created goes in the ledger.
+    async fn create(
+        &self,
+        op: &'static str,
+        order: &Order,
+        put: impl Future<Output = PortResult<CreateOrder>>,
+    ) -> PortResult<CreateOrder> {
+        self.step(op, async {
+            let r = put.await;
+            if let Ok(CreateOrder::Created) = &r {
+                self.record(Entry::Created(order.id.clone()));
+            }
+            r
+        })
+        .await
+    }
 }
 
 impl<S: Store> Store for Faulty<S> {
@@ -362,25 +379,13 @@ impl<S: Store> Store for Faulty<S> {
     }
 
     async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
-        self.step("create_order", async {
-            let r = self.inner.create_order(order).await;
-            if let Ok(CreateOrder::Created) = &r {
-                self.record(Entry::Created(order.id.clone()));
-            }
-            r
-        })
-        .await
+        let put = self.inner.create_order(order);
+        self.create("create_order", order, put).await
     }
 
     async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
-        self.step("create_limited_order", async {
-            let r = self.inner.create_limited_order(order, limit).await;
-            if let Ok(CreateOrder::Created) = &r {
-                self.record(Entry::Created(order.id.clone()));
-            }
-            r
-        })
-        .await
+        let put = self.inner.create_limited_order(order, limit);
+        self.create("create_limited_order", order, put).await
     }
 
     async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
