@@ -9,7 +9,7 @@
 //! - Throttling and conflicts are retried inside the invocation until its deadline, on a
 //!   paused clock: retried and decided, or handed back with nothing rejected.
 
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{decide_group, Deadline, GroupReport};
 use flash_domain::order::{transition, Event};
@@ -20,7 +20,7 @@ use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
 use flash_tests::watched::{lock, Interleave, Saw, Watch, Watched};
 use futures::future::BoxFuture;
-use process_orders::{ProcessOrders, DEADLINE_MARGIN};
+use process_orders::{BatchReport, ProcessOrders, DEADLINE_MARGIN};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -90,6 +90,26 @@ struct Shared {
     lost_replies: AtomicUsize,
     /// The next commits are refused as a transaction conflict, writing nothing.
     conflicts: AtomicUsize,
+}
+
+impl Shared {
+    /// The next `n` commits fail as throttled.
+    fn throttling(self, n: usize) -> Self {
+        self.throttled_commits.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// The next `n` commits are refused as a transaction conflict.
+    fn conflicting(self, n: usize) -> Self {
+        self.conflicts.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// The next `n` commits that land answer as timed out.
+    fn losing_replies(self, n: usize) -> Self {
+        self.lost_replies.store(n, Ordering::SeqCst);
+        self
+    }
 }
 
 /// The fake store as one processor (or canceller) sees it: it records what it did in the
@@ -537,11 +557,7 @@ fn statuses(store: &FakeStore) -> Vec<OrderStatus> {
 async fn a_throttled_commit_is_retried_and_the_group_decided_in_the_same_invocation() {
     // GIVEN stock for one of two orders, and a table that throttles the next 3 commits
     let (store, p, orders) = two_orders(1);
-    let rig = Racer::unseeded(&store);
-    rig.watch()
-        .shared
-        .throttled_commits
-        .store(3, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(3));
     // WHEN the group is decided with the invocation's 30 s ahead
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the first order got the unit and the second was rejected, after 3 retries
@@ -561,8 +577,7 @@ async fn a_throttled_commit_is_retried_and_the_group_decided_in_the_same_invocat
 async fn conflicts_past_the_old_attempt_budget_are_retried_while_time_is_left() {
     // GIVEN 60 transaction conflicts in a row (the old budget gave up after 40 attempts)
     let (store, p, orders) = two_orders(5);
-    let rig = Racer::unseeded(&store);
-    rig.watch().shared.conflicts.store(60, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().conflicting(60));
     // WHEN the group is decided with time to spare
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN both orders are accepted by the 61st commit
@@ -576,11 +591,7 @@ async fn past_the_deadline_the_group_is_handed_back_without_rejecting_anything()
     // GIVEN stock for one of two orders, and a table that throttles every commit
     let (store, p, orders) = two_orders(1);
     let before = store.snapshot();
-    let rig = Racer::unseeded(&store);
-    rig.watch()
-        .shared
-        .throttled_commits
-        .store(usize::MAX, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(usize::MAX));
     // WHEN the group is decided with 3 s left
     let started = tokio::time::Instant::now();
     let result = decide_within(&rig, &p, &orders, Duration::from_secs(3)).await;
@@ -611,8 +622,7 @@ async fn a_group_reached_past_the_deadline_is_handed_back_untouched() {
 async fn orders_of_a_commit_whose_reply_was_lost_are_found_pending_not_committed_twice() {
     // GIVEN a commit that lands but whose reply is lost as a timeout
     let (store, p, orders) = two_orders(5);
-    let rig = Racer::unseeded(&store);
-    rig.watch().shared.lost_replies.store(1, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().losing_replies(1));
     // WHEN the group is decided
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the retry reads the orders back and finds them pending, with their deadline
@@ -641,29 +651,30 @@ fn batch(orders: &[Order]) -> SqsEvent {
     sqs_event(&records)
 }
 
-#[tokio::test]
-async fn process_orders_retries_a_throttled_commit_and_schedules_the_payment_timeouts() {
-    // GIVEN two queued orders, a commit throttled twice, and one whose reply is then lost
-    let (store, _, orders) = two_orders(5);
-    let rig = Racer::unseeded(&store);
-    rig.watch()
-        .shared
-        .throttled_commits
-        .store(2, Ordering::SeqCst);
-    rig.watch().shared.lost_replies.store(1, Ordering::SeqCst);
-    let timeouts = FakeTimeouts::new();
-    // WHEN process-orders runs with the 30 s of a fresh invocation
+/// process-orders over `rig`, scheduling into `timeouts`, on the batch of `orders`, in an
+/// invocation ending at `deadline`.
+async fn process(
+    rig: Rig,
+    timeouts: &FakeTimeouts,
+    orders: &[Order],
+    deadline: Millis,
+) -> (SqsBatchResponse, BatchReport) {
     let h = ProcessOrders {
         store: rig,
         timeouts: timeouts.clone(),
     };
-    let (resp, report) = h
-        .handle(
-            &FakeRedelivery::default(),
-            batch(&orders),
-            now_ms() + 30_000,
-        )
-        .await;
+    h.handle(&FakeRedelivery::default(), batch(orders), deadline)
+        .await
+}
+
+#[tokio::test]
+async fn process_orders_retries_a_throttled_commit_and_schedules_the_payment_timeouts() {
+    // GIVEN two queued orders, a commit throttled twice, and one whose reply is then lost
+    let (store, _, orders) = two_orders(5);
+    let rig = Racer::rig(&store, Shared::default().throttling(2).losing_replies(1));
+    let timeouts = FakeTimeouts::new();
+    // WHEN process-orders runs with the 30 s of a fresh invocation
+    let (resp, report) = process(rig, &timeouts, &orders, now_ms() + 30_000).await;
     // THEN no record fails, both orders are pending, and both payment timeouts are scheduled
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     assert_eq!(
@@ -683,21 +694,11 @@ async fn process_orders_hands_the_records_back_before_its_invocation_ends() {
     // safety margin
     let (store, _, orders) = two_orders(1);
     let before = store.snapshot();
-    let rig = Racer::unseeded(&store);
-    rig.watch()
-        .shared
-        .throttled_commits
-        .store(usize::MAX, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(usize::MAX));
     let timeouts = FakeTimeouts::new();
     let deadline = now_ms() + DEADLINE_MARGIN.as_millis() as Millis + 400;
     // WHEN process-orders runs
-    let h = ProcessOrders {
-        store: rig,
-        timeouts: timeouts.clone(),
-    };
-    let (resp, _) = h
-        .handle(&FakeRedelivery::default(), batch(&orders), deadline)
-        .await;
+    let (resp, _) = process(rig, &timeouts, &orders, deadline).await;
     // THEN it answers before the margin starts, every record failed and nothing written
     assert!(now_ms() < deadline - DEADLINE_MARGIN.as_millis() as Millis + 50);
     assert_eq!(resp.batch_item_failures.len(), 2);
