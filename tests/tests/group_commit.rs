@@ -14,7 +14,7 @@ use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{decide_group, Deadline, GroupReport};
 use flash_domain::order::{transition, Event};
 use flash_domain::ports::{CommitRefused, PortError, PortResult, Store};
-use flash_domain::{Order, OrderId, OrderStatus, Product, Quantity, Reason, Sku, UserId};
+use flash_domain::{Order, OrderId, OrderStatus, Product, Reason, Sku, UserId};
 use flash_tests::fake::{message_body, FakeRedelivery, FakeStore};
 use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
@@ -43,20 +43,9 @@ fn product(shards: u32, stock: u64, limit: Option<u32>) -> Product {
 }
 
 fn queued(i: usize, user: &str, quantity: u32, created_at: Millis) -> Order {
-    Order {
-        id: OrderId::parse(&format!("{i:032x}")).expect("valid id"),
-        owner: UserId::parse(user).expect("valid user"),
-        sku: sku(),
-        quantity: Quantity::new(quantity).expect("valid quantity"),
-        status: OrderStatus::Queued,
-        reason: None,
-        created_at,
-        updated_at: created_at,
-        expires_at: None,
-        fingerprint: String::new(),
-        takes: Vec::new(),
-        counted: false,
-    }
+    let id = OrderId::parse(&format!("{i:032x}")).expect("valid id");
+    let owner = UserId::parse(user).expect("valid user");
+    flash_tests::given::queued_order(id, owner, sku(), quantity, created_at)
 }
 
 /// What the store did, in the order it happened.
