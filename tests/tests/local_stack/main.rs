@@ -56,6 +56,12 @@ impl Sale {
         }
     }
 
+    /// GIVEN `stock` units of a product called `name`, limited to `limit` per buyer.
+    async fn limited(prefix: &str, name: &str, stock: u64, limit: u32) -> Sale {
+        let spec = json!({"name": name, "stock": stock, "per_user_limit": limit});
+        Sale::open(prefix, spec).await
+    }
+
     /// The writes the sale's store has sent so far.
     fn writes(&self) -> WriteCounts {
         self.store
