@@ -124,17 +124,16 @@ pub async fn queue_empty(sqs: &Client, url: &str) -> bool {
     queue_count(sqs, url, &counts).await == 0
 }
 
-/// Runs `consumers` concurrent pollers until the queue is empty or `deadline` passes.
-pub async fn drain<S: Store, T: PaymentTimeouts>(
-    handler: &ProcessOrders<S, T>,
-    sqs: &Client,
-    url: &str,
-    consumers: usize,
-    batch_size: usize,
-    deadline: Duration,
-) -> DrainStats {
-    drain_with(sqs, url, consumers, batch_size, deadline, |event| async {
-        let (resp, report) = invoke(handler, event).await;
+/// A handler the event source can feed: one invocation on `event`, with what it decided.
+#[allow(async_fn_in_trait)] // used by this crate's test binaries only
+pub trait Consumer {
+    async fn consume(&self, event: SqsEvent) -> (SqsBatchResponse, DrainStats);
+}
+
+/// `process-orders`: `accepted` and `rejected` count the orders it decided.
+impl<S: Store, T: PaymentTimeouts> Consumer for ProcessOrders<S, T> {
+    async fn consume(&self, event: SqsEvent) -> (SqsBatchResponse, DrainStats) {
+        let (resp, report) = invoke(self, event).await;
         let stats = DrainStats {
             accepted: report.accepted,
             rejected: report.rejected,
@@ -142,46 +141,34 @@ pub async fn drain<S: Store, T: PaymentTimeouts>(
             ..DrainStats::default()
         };
         (resp, stats)
-    })
-    .await
+    }
 }
 
-/// As [`drain`], for the payment-timeouts queue through `expire-orders`: `accepted` counts the
-/// orders it expired, `rejected` the ones it found settled.
-pub async fn drain_timeouts<S: Store, T: PaymentTimeouts>(
-    handler: &ExpireOrders<S, T>,
-    sqs: &Client,
-    url: &str,
-    consumers: usize,
-    batch_size: usize,
-    deadline: Duration,
-) -> DrainStats {
-    drain_with(sqs, url, consumers, batch_size, deadline, |event| async {
-        let (resp, report) = handler.process(event).await;
+/// `expire-orders` on the payment-timeouts queue: `accepted` counts the orders it expired,
+/// `rejected` the ones it found settled.
+impl<S: Store, T: PaymentTimeouts> Consumer for ExpireOrders<S, T> {
+    async fn consume(&self, event: SqsEvent) -> (SqsBatchResponse, DrainStats) {
+        let (resp, report) = self.process(event).await;
         let stats = DrainStats {
             accepted: report.expired,
             rejected: report.settled,
             ..DrainStats::default()
         };
         (resp, stats)
-    })
-    .await
+    }
 }
 
-/// The event source's loop: receive a batch, hand it to `handle`, delete what it did not report
-/// failed.
-async fn drain_with<F, Fut>(
+/// Runs `consumers` concurrent pollers until the queue is empty or `deadline` passes: the
+/// event source's loop (receive a batch, hand it to `handler`, delete what it did not report
+/// failed).
+pub async fn drain<H: Consumer>(
+    handler: &H,
     sqs: &Client,
     url: &str,
     consumers: usize,
     batch_size: usize,
     deadline: Duration,
-    handle: F,
-) -> DrainStats
-where
-    F: Fn(SqsEvent) -> Fut,
-    Fut: std::future::Future<Output = (SqsBatchResponse, DrainStats)>,
-{
+) -> DrainStats {
     let until = Instant::now() + deadline;
     let workers = (0..consumers).map(|_| async {
         let mut stats = DrainStats::default();
@@ -194,7 +181,7 @@ where
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let (resp, counted) = handle(received_event(&msgs)).await;
+            let (resp, counted) = handler.consume(received_event(&msgs)).await;
             let failed: HashSet<&str> = resp
                 .batch_item_failures
                 .iter()

@@ -14,22 +14,16 @@
 
 use crate::fixtures::Req;
 use crate::response::parts;
+use crate::watched::{lock, Interleave, Saw, Watch, Watched};
 use advance_order::AdvanceOrder;
 use flash_domain::clock::Millis;
-use flash_domain::expiry::PaymentDue;
 use flash_domain::order::Transition;
-use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PaymentTimeouts, PortError, PortResult,
-    ProductWrite, Queue, RateLimit, ShardStock, Store, Unlimited, Unscheduled,
-};
-use flash_domain::{Order, OrderId, OrderMessage, Product, ProductPut, Reason, Sku, UserId};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use flash_domain::ports::{PortError, PortResult, Store, Unlimited};
+use flash_domain::{OrderId, Reason};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
@@ -101,7 +95,7 @@ struct TracerInner {
     ledger: Mutex<Vec<Entry>>,
     fired: Mutex<Vec<Fired>>,
     steps: Mutex<BTreeSet<(&'static str, &'static str)>>,
-    interleave: Mutex<Option<StdRng>>,
+    interleave: Interleave,
 }
 
 /// What one scenario's wrapped calls did. Clones share one record.
@@ -110,17 +104,15 @@ pub struct Tracer {
     inner: Arc<TracerInner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking scenario must not hide the record from the report that explains it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Tracer {
     /// A tracer that yields before each call as `seed` decides (0 to 3 times).
     pub fn interleaving(seed: u64) -> Self {
-        let t = Self::default();
-        *lock(&t.inner.interleave) = Some(StdRng::seed_from_u64(seed));
-        t
+        Self {
+            inner: Arc::new(TracerInner {
+                interleave: Interleave::seeded(seed),
+                ..TracerInner::default()
+            }),
+        }
     }
 
     /// From now on at most `n` failpoints fire in `function` (armed ones beyond that stay
@@ -166,15 +158,6 @@ impl Tracer {
         lock(&self.inner.ledger).push(e);
     }
 
-    async fn interleave(&self) {
-        let yields = lock(&self.inner.interleave)
-            .as_mut()
-            .map_or(0, |rng| rng.random_range(0..4));
-        for _ in 0..yields {
-            tokio::task::yield_now().await;
-        }
-    }
-
     /// A new invocation of `function`, with `point` armed (or none).
     pub fn invocation(&self, function: &'static str, point: Option<Failpoint>) -> Invocation {
         Invocation {
@@ -208,10 +191,7 @@ pub struct Invocation {
 
 impl Invocation {
     pub fn wrap<T>(&self, port: T) -> Faulty<T> {
-        Faulty {
-            inner: port,
-            inv: self.clone(),
-        }
+        Watched::new(port, self.clone())
     }
 
     /// `who` asks `advance-order` for `action` on `id`, in this invocation over `store` (with no
@@ -276,199 +256,47 @@ impl Invocation {
 }
 
 /// A port of one invocation, with its failpoint.
-#[derive(Clone)]
-pub struct Faulty<T> {
-    inner: T,
-    inv: Invocation,
-}
+pub type Faulty<T> = Watched<T, Invocation>;
 
-impl<T> Faulty<T> {
-    pub fn inner(&self) -> &T {
-        &self.inner
-    }
-
+impl Watch for Invocation {
     /// Runs `call` as step `op`: fails it before or after, as the failpoint says.
-    async fn step<R>(
+    async fn step<R: Send>(
         &self,
         op: &'static str,
-        call: impl Future<Output = PortResult<R>>,
+        call: impl Future<Output = PortResult<R>> + Send,
     ) -> PortResult<R> {
-        self.inv.inner.tracer.interleave().await;
-        if self.inv.crashed() {
+        self.inner.tracer.inner.interleave.step().await;
+        if self.crashed() {
             return Err(PortError::unavailable(op, "the function crashed earlier"));
         }
-        let point = self.inv.arm(op);
+        let point = self.arm(op);
         if let Some(p) = point.as_ref().filter(|p| p.phase == Phase::Before) {
-            return Err(self.inv.fire(op, p));
+            return Err(self.fire(op, p));
         }
         let result = call.await;
         match point {
-            Some(p) => Err(self.inv.fire(op, &p)),
+            Some(p) => Err(self.fire(op, &p)),
             None => result,
         }
     }
 
-    fn record(&self, e: Entry) {
-        self.inv.inner.tracer.record(e);
-    }
-}
-
-impl<S: Store> Store for Faulty<S> {
-    async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
-        self.step("get_product", self.inner.get_product(sku)).await
-    }
-
-    async fn create_product(
-        &self,
-        product: &Product,
-        stock: &[(u32, u64)],
-        key: Option<&KeyRecord>,
-    ) -> PortResult<ProductWrite> {
-        self.step(
-            "create_product",
-            self.inner.create_product(product, stock, key),
-        )
-        .await
-    }
-
-    async fn add_stock(
-        &self,
-        put: &ProductPut,
-        stock: &[(u32, u64)],
-        key: Option<&KeyRecord>,
-    ) -> PortResult<ProductWrite> {
-        self.step("add_stock", self.inner.add_stock(put, stock, key))
-            .await
-    }
-
-    async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
-        self.step("mark_sold_out", self.inner.mark_sold_out(product))
-            .await
-    }
-
-    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
-        self.step("clear_sold_out", self.inner.clear_sold_out(sku))
-            .await
-    }
-
-    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
-        self.step("read_shards", self.inner.read_shards(product))
-            .await
-    }
-
-    async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {
-        self.step("read_bought", self.inner.read_bought(sku, users))
-            .await
-    }
-
-    async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
-        self.step("create_order", async {
-            let r = self.inner.create_order(order).await;
-            if let Ok(CreateOrder::Created) = &r {
-                self.record(Entry::Created(order.id.clone()));
-            }
-            r
-        })
-        .await
-    }
-
-    async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
-        self.step("create_limited_order", async {
-            let r = self.inner.create_limited_order(order, limit).await;
-            if let Ok(CreateOrder::Created) = &r {
-                self.record(Entry::Created(order.id.clone()));
-            }
-            r
-        })
-        .await
-    }
-
-    async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
-        self.step("get_order", self.inner.get_order(id)).await
-    }
-
-    async fn get_orders(&self, ids: &[OrderId]) -> PortResult<Vec<Order>> {
-        self.step("get_orders", self.inner.get_orders(ids)).await
-    }
-
-    async fn commit(&self, sku: &Sku, c: &Commit) -> PortResult<Result<(), CommitRefused>> {
-        self.step("commit", async {
-            let r = self.inner.commit(sku, c).await;
-            if let Ok(Ok(())) = &r {
+    /// The ledger's changes: an order created, the units of each order a commit accepted, a
+    /// rejection, a transition.
+    fn saw(&self, what: Saw<'_>) {
+        let tracer = &self.inner.tracer;
+        match what {
+            Saw::Created(order) => tracer.record(Entry::Created(order.id.clone())),
+            Saw::Committed(c, Ok(Ok(()))) => {
                 for a in &c.accepted {
                     let units = a.takes.iter().map(|t| t.units).sum();
-                    self.record(Entry::Deducted(a.order_id.clone(), units));
+                    tracer.record(Entry::Deducted(a.order_id.clone(), units));
                 }
             }
-            r
-        })
-        .await
-    }
-
-    async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
-        self.step("reject", async {
-            let r = self.inner.reject(id, reason, now).await;
-            if let Ok(true) = &r {
-                self.record(Entry::Rejected(id.clone(), reason));
+            Saw::Rejected(id, reason) => tracer.record(Entry::Rejected(id.clone(), reason)),
+            Saw::Advanced(order, t, now) => {
+                tracer.record(Entry::Advanced(order.id.clone(), *t, now, order.expires_at))
             }
-            r
-        })
-        .await
-    }
-
-    async fn advance(
-        &self,
-        order: &Order,
-        t: &Transition,
-        owner: Option<&UserId>,
-        now: Millis,
-    ) -> PortResult<Advance> {
-        self.step("advance", async {
-            let r = self.inner.advance(order, t, owner, now).await;
-            if let Ok(Advance::Done(_)) = &r {
-                self.record(Entry::Advanced(order.id.clone(), *t, now, order.expires_at));
-            }
-            r
-        })
-        .await
-    }
-}
-
-impl<R: RateLimit> RateLimit for Faulty<R> {
-    async fn take_token(&self, caller: &UserId, now: Millis) -> PortResult<Result<(), Duration>> {
-        self.step("take_token", self.inner.take_token(caller, now))
-            .await
-    }
-}
-
-impl<Q: Queue> Queue for Faulty<Q> {
-    async fn send(&self, msg: &OrderMessage) -> PortResult<()> {
-        self.step("send", self.inner.send(msg)).await
-    }
-
-    async fn send_later(&self, msg: &OrderMessage, delay: Duration) -> PortResult<()> {
-        self.step("send_later", self.inner.send_later(msg, delay))
-            .await
-    }
-}
-
-impl<T: PaymentTimeouts> PaymentTimeouts for Faulty<T> {
-    async fn schedule_timeouts(&self, due: &[PaymentDue], now: Millis) -> Result<(), Unscheduled> {
-        let mut unscheduled = None;
-        let r = self
-            .step("schedule_timeouts", async {
-                self.inner.schedule_timeouts(due, now).await.map_err(|e| {
-                    let cause = PortError::unavailable("schedule_timeouts", e.cause.to_string());
-                    unscheduled = Some(e.orders);
-                    cause
-                })
-            })
-            .await;
-        r.map_err(|cause| Unscheduled {
-            // A failpoint leaves every timeout of the call unscheduled, as far as the caller
-            // knows; the port's own failure names the ones it missed.
-            orders: unscheduled.unwrap_or_else(|| due.iter().map(|d| d.order_id.clone()).collect()),
-            cause,
-        })
+            Saw::Shards(_) | Saw::Committed(..) => {}
+        }
     }
 }

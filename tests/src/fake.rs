@@ -60,12 +60,7 @@ impl State {
     /// The admission counts of `sku` and the orders counted in them, in the audit's terms.
     pub fn admissions(&self, sku: &Sku) -> Admissions {
         Admissions {
-            counts: self
-                .admitted
-                .iter()
-                .filter(|((s, _), _)| s == sku)
-                .map(|((_, u), n)| (u.to_string(), *n))
-                .collect(),
+            counts: per_user(&self.admitted, sku),
             orders: self
                 .admitted_orders
                 .iter()
@@ -74,6 +69,16 @@ impl State {
                 .collect(),
         }
     }
+}
+
+/// The items of `sku` in `counts` (buyer counters, or admission counts), by user id, as the
+/// audit takes them.
+pub fn per_user(counts: &BTreeMap<(Sku, UserId), i64>, sku: &Sku) -> HashMap<String, i64> {
+    counts
+        .iter()
+        .filter(|((s, _), _)| s == sku)
+        .map(|((_, u), n)| (u.to_string(), *n))
+        .collect()
 }
 
 /// Fails the next `n` calls (of one operation, or of any); the `degraded` ones as a throttled

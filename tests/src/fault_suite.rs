@@ -329,6 +329,14 @@ pub trait Api {
     async fn race_timeout(&self, who: &str, id: &OrderId, action: &'static str, closes_in: i64);
     /// Lets the others run a little.
     async fn pause(&self);
+
+    /// The buyer sends `first` and `second` on their order at once.
+    async fn both(&self, who: &str, id: &OrderId, first: &'static str, second: &'static str) {
+        futures::join!(
+            self.act(who, false, id, first),
+            self.act(who, false, id, second)
+        );
+    }
 }
 
 /// A buyer's actions on their accepted order.
@@ -363,10 +371,7 @@ pub async fn script<A: Api>(api: &A, b: &Buyer, id: &OrderId) {
         }
         Script::DoubleCancel => {
             api.tally(Kind::DoubleCancel);
-            futures::join!(
-                api.act(who, false, id, "cancel"),
-                api.act(who, false, id, "cancel")
-            );
+            api.both(who, id, "cancel", "cancel").await;
         }
         Script::PayRefund => {
             api.act(who, false, id, "pay").await;
@@ -375,10 +380,7 @@ pub async fn script<A: Api>(api: &A, b: &Buyer, id: &OrderId) {
         Script::PayDoubleRefund => {
             api.tally(Kind::DoubleRefund);
             api.act(who, false, id, "pay").await;
-            futures::join!(
-                api.act(who, false, id, "refund"),
-                api.act(who, false, id, "refund")
-            );
+            api.both(who, id, "refund", "refund").await;
         }
         Script::RefundVsShip => {
             api.tally(Kind::RefundVsShip);
@@ -397,10 +399,7 @@ pub async fn script<A: Api>(api: &A, b: &Buyer, id: &OrderId) {
         }
         Script::PayVsCancel => {
             api.tally(Kind::PayVsCancel);
-            futures::join!(
-                api.act(who, false, id, "pay"),
-                api.act(who, false, id, "cancel")
-            );
+            api.both(who, id, "pay", "cancel").await;
         }
         Script::PayVsTimeout => {
             api.tally(Kind::PayRacingTimeout);

@@ -5,13 +5,15 @@
 
 use crate::drain::invoke;
 use crate::failpoint::{At, Entry, Failpoint, Fired, Tracer};
-use crate::fake::{message_body, FakeQueue, FakeStore};
+use crate::fake::{message_body, FakeQueue, FakeStore, State};
 use crate::fixtures::{sqs_event, Req};
+use crate::invariants::audit_state;
 use crate::sqs_sim::{Delivery, SimQueue, TimeoutsQueue};
 use aws_lambda_events::event::sqs::SqsEvent;
 use expire_orders::ExpireOrders;
 use flash_domain::clock::now_ms;
 use flash_domain::expiry::TimeoutMessage;
+use flash_domain::invariant_check::Audit;
 use flash_domain::order::transition;
 use flash_domain::ports::Unlimited;
 use flash_domain::{Order, OrderId, OrderMessage, OrderStatus, Quantity, Sku};
@@ -55,6 +57,20 @@ pub struct World {
 }
 
 impl World {
+    /// The table as it is now and its audit of `sku`; the scenario fails if the audit finds an
+    /// invariant broken (`when` says after what, for the report).
+    pub fn audited(&self, sku: &Sku, when: &str) -> (State, Audit) {
+        let state = self.store.snapshot();
+        let audit = audit_state(&state, sku);
+        if !audit.violations.is_empty() {
+            self.fail(format!(
+                "invariants violated{when}:\n{}",
+                audit.violations.join("\n")
+            ));
+        }
+        (state, audit)
+    }
+
     pub fn fail(&self, what: impl std::fmt::Display) -> ! {
         let fired: Vec<String> = self
             .tracer

@@ -5,7 +5,7 @@
 //! was in.
 
 use crate::failpoint::Entry;
-use crate::fake::State;
+use crate::fake::{per_user, State};
 use flash_domain::invariant_check::{check, Audit, Holdings};
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
 use std::collections::{BTreeMap, HashMap};
@@ -21,12 +21,7 @@ pub fn holdings(state: &State, sku: &Sku) -> Holdings {
             .filter(|((s, _), _)| s == sku)
             .map(|(_, a)| i64::try_from(*a).unwrap_or(i64::MAX))
             .collect(),
-        counters: state
-            .bought
-            .iter()
-            .filter(|((s, _), _)| s == sku)
-            .map(|((_, u), n)| (u.to_string(), *n))
-            .collect(),
+        counters: per_user(&state.bought, sku),
         orders: state
             .orders
             .values()

@@ -20,3 +20,4 @@ pub mod sdk_faults;
 pub mod sqs_sim;
 pub mod stack;
 pub mod store_contract;
+pub mod watched;

@@ -8,6 +8,7 @@ use flash_aws::dynamo::{DynamoRateLimit, RateHints};
 use flash_aws::{DynamoStore, SqsQueue};
 use place_order::PlaceOrder;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
@@ -231,6 +232,36 @@ pub fn flashctl_bin() -> std::path::PathBuf {
     bin
 }
 
+/// Runs `task(item)` for every item, each as a task of its own, at most `concurrency` at a
+/// time; their outputs in the order of `items`.
+pub async fn spawn_gated<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    concurrency: usize,
+    task: F,
+) -> Vec<Fut::Output>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let tasks: Vec<_> = items
+        .into_iter()
+        .map(|item| {
+            let (gate, work) = (gate.clone(), task(item));
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await.expect("semaphore");
+                work.await
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
 /// Sends `reqs` to `place`, at most `concurrency` in flight. Every answer must be a 202; the
 /// order ids they name, in the order of `reqs`.
 pub async fn place_accepted(
@@ -238,20 +269,13 @@ pub async fn place_accepted(
     reqs: Vec<Req>,
     concurrency: usize,
 ) -> Vec<String> {
-    let gate = Arc::new(Semaphore::new(concurrency));
-    let tasks: Vec<_> = reqs
-        .into_iter()
-        .map(|req| {
-            let (place, gate) = (place.clone(), gate.clone());
-            tokio::spawn(async move {
-                let _permit = gate.acquire().await.expect("semaphore");
-                place.handle(req.build()).await
-            })
-        })
-        .collect();
+    let resps = spawn_gated(reqs, concurrency, |req| {
+        let place = place.clone();
+        async move { place.handle(req.build()).await }
+    })
+    .await;
     let mut ids = Vec::new();
-    for t in tasks {
-        let resp = t.await.expect("task");
+    for resp in resps {
         assert_eq!(resp.status(), 202, "{:?}", json_body(&resp));
         let id = json_body(&resp)["order_id"]
             .as_str()

@@ -10,7 +10,7 @@
 
 use crate::given::{queued_order, user};
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::order::{transition, Event, ShardTake};
+use flash_domain::order::{transition, Event, ShardTake, Transition};
 use flash_domain::ports::{
     Accepted, Advance, Commit, CreateOrder, KeyRecord, ProductWrite, ShardStock, Store,
 };
@@ -67,6 +67,25 @@ async fn stored<S: Store>(store: &S, id: &OrderId) -> Order {
 async fn shards<S: Store>(store: &S, p: &Product) -> Vec<(u32, u64)> {
     let read = store.read_shards(p).await.expect("read_shards");
     read.iter().map(|s| (s.shard, s.available)).collect()
+}
+
+/// `owner`'s transition `t` of `order` at `now`, as the store answers it.
+async fn advance<S: Store>(
+    store: &S,
+    order: &Order,
+    t: &Transition,
+    owner: Option<&UserId>,
+    now: Millis,
+) -> Advance {
+    store.advance(order, t, owner, now).await.expect("advance")
+}
+
+/// The order a transition the store had to write (`why` says why) leaves.
+fn done(answer: Advance, why: &str) -> Order {
+    match answer {
+        Advance::Done(o) => o,
+        Advance::Stale => panic!("{why}"),
+    }
 }
 
 /// Each order takes `units` from shard 0; the commit raises each buyer's counter when `limit`.
@@ -405,40 +424,27 @@ pub async fn an_advance_applies_only_to_the_order_as_read<S: Store>(store: &S, s
     let pay = transition(OrderStatus::Pending, None, Event::Pay).expect("pay");
     let intruder = buyer(sku, "mallory");
     assert!(matches!(
-        store
-            .advance(&pending, &pay, Some(&intruder), now)
-            .await
-            .expect("advance"),
+        advance(store, &pending, &pay, Some(&intruder), now).await,
         Advance::Stale
     ));
     // Past the payment window, paying is stale too.
     let late = now + 900_001;
     assert!(matches!(
-        store
-            .advance(&pending, &pay, Some(&o.owner), late)
-            .await
-            .expect("advance"),
+        advance(store, &pending, &pay, Some(&o.owner), late).await,
         Advance::Stale
     ));
     assert_eq!(stored(store, &o.id).await, pending);
-    let paid = match store
-        .advance(&pending, &pay, Some(&o.owner), now + 1)
-        .await
-        .expect("advance")
-    {
-        Advance::Done(paid) => paid,
-        Advance::Stale => panic!("the owner pays in time"),
-    };
+    let paid = done(
+        advance(store, &pending, &pay, Some(&o.owner), now + 1).await,
+        "the owner pays in time",
+    );
     let mut expected = pending.clone();
     expected.apply(&pay, now + 1);
     assert_eq!(paid, expected);
     assert_eq!(stored(store, &o.id).await, expected);
     // The order as first read is no longer what is stored.
     assert!(matches!(
-        store
-            .advance(&pending, &pay, None, now + 2)
-            .await
-            .expect("advance"),
+        advance(store, &pending, &pay, None, now + 2).await,
         Advance::Stale
     ));
 }
@@ -460,14 +466,10 @@ pub async fn a_cancel_returns_the_units_and_the_count_once<S: Store>(store: &S, 
     assert!(store.mark_sold_out(&flagged).await.expect("mark"));
     let pending = stored(store, &o.id).await;
     let cancel = transition(OrderStatus::Pending, None, Event::Cancel).expect("cancel");
-    let canceled = match store
-        .advance(&pending, &cancel, Some(&o.owner), now + 1)
-        .await
-        .expect("advance")
-    {
-        Advance::Done(c) => c,
-        Advance::Stale => panic!("the owner cancels a pending order"),
-    };
+    let canceled = done(
+        advance(store, &pending, &cancel, Some(&o.owner), now + 1).await,
+        "the owner cancels a pending order",
+    );
     assert_eq!(
         (canceled.status, canceled.reason),
         (OrderStatus::Canceled, Some(Reason::BuyerCanceled))
@@ -481,10 +483,7 @@ pub async fn a_cancel_returns_the_units_and_the_count_once<S: Store>(store: &S, 
     let product = store.get_product(sku).await.expect("get").expect("exists");
     assert_eq!((product.sold_out, product.restocks), (false, 1));
     assert!(matches!(
-        store
-            .advance(&pending, &cancel, Some(&o.owner), now + 2)
-            .await
-            .expect("advance"),
+        advance(store, &pending, &cancel, Some(&o.owner), now + 2).await,
         Advance::Stale
     ));
     assert_eq!(shards(store, &p).await, [(0, 2)]);

@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::QueueAttributeName as A;
 use expire_orders::ExpireOrders;
 use flash_aws::{SqsQueue, SqsTimeouts};
 use flash_domain::{OrderId, OrderStatus};
-use flash_tests::drain::{drain, drain_timeouts, queue_count, queue_empty};
+use flash_tests::drain::{drain, queue_count, queue_empty};
 use flash_tests::fixtures::{json_body as body, Req};
 use flash_tests::invariant_assertions::{audit, AuditAssertions};
 use flash_tests::stack::{self, unique_sku};
@@ -122,7 +122,7 @@ async fn no_buyer_can_put_a_message_in_either_dlq_by_reusing_a_key_or_passing_th
             assert_eq!(resp.status(), 200, "{:?}", body(&resp));
             paid = true;
         }
-        let t = drain_timeouts(&expire, &sqs, &timeouts_url, 1, 10, Duration::from_secs(60)).await;
+        let t = drain(&expire, &sqs, &timeouts_url, 1, 10, Duration::from_secs(60)).await;
         timeouts_delivered += t.messages;
         failures += t.failures;
         expired += t.accepted;

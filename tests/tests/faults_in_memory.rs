@@ -29,7 +29,7 @@ use flash_domain::expiry::TimeoutMessage;
 use flash_domain::{Order, OrderId, OrderStatus, Reason, Sku};
 use flash_tests::failpoint::{Fired, Tracer};
 use flash_tests::fake::{FakeQueue, FakeStore};
-use flash_tests::invariants::{audit_state, check_ledger, effects};
+use flash_tests::invariants::{check_ledger, effects};
 use flash_tests::sqs_sim::{Delivery, SimQueue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -182,14 +182,7 @@ async fn fake_scenario(run: u64, i: usize, coverage: &mut Coverage) {
 
     // THEN every invariant holds
     let ledger = world.tracer.ledger();
-    let state = world.store.snapshot();
-    let audit = audit_state(&state, &sku);
-    if !audit.violations.is_empty() {
-        world.fail(format!(
-            "invariants violated:\n{}",
-            audit.violations.join("\n")
-        ));
-    }
+    let (state, audit) = world.audited(&sku, "");
     if audit.undecided() != 0 {
         world.fail(format!("{} accepted orders undecided", audit.undecided()));
     }
@@ -284,14 +277,7 @@ async fn fake_scenario(run: u64, i: usize, coverage: &mut Coverage) {
         world.store.seed_order(o);
     }
     world.drain_timeouts().await;
-    let state = world.store.snapshot();
-    let audit = audit_state(&state, &sku);
-    if !audit.violations.is_empty() {
-        world.fail(format!(
-            "invariants violated after the timeouts:\n{}",
-            audit.violations.join("\n")
-        ));
-    }
+    let (state, _) = world.audited(&sku, " after the timeouts");
     for o in &unpaid {
         let now = world.order(&o.id);
         if (now.status, now.reason) != (OrderStatus::Canceled, Some(Reason::PaymentTimeout)) {

@@ -9,37 +9,30 @@
 //! - Throttling and conflicts are retried inside the invocation until its deadline, on a
 //!   paused clock: retried and decided, or handed back with nothing rejected.
 
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::commit::{decide_group, Deadline, GroupReport};
-use flash_domain::order::{transition, Event, Transition};
-use flash_domain::ports::{
-    Advance, Commit, CommitRefused, CreateOrder, KeyRecord, PortError, PortResult, ProductWrite,
-    ShardStock, Store,
-};
-use flash_domain::{
-    Order, OrderId, OrderStatus, Product, ProductPut, Quantity, Reason, Sku, UserId,
-};
+use flash_domain::order::{transition, Event};
+use flash_domain::ports::{CommitRefused, PortError, PortResult, Store};
+use flash_domain::{Order, OrderId, OrderStatus, Product, Reason, Sku, UserId};
 use flash_tests::fake::{message_body, FakeRedelivery, FakeStore};
 use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
+use flash_tests::watched::{lock, Interleave, Saw, Watch, Watched};
 use futures::future::BoxFuture;
-use process_orders::{ProcessOrders, DEADLINE_MARGIN};
+use process_orders::{BatchReport, ProcessOrders, DEADLINE_MARGIN};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Seeded sales per run; each takes a few milliseconds.
 const SALES: u64 = 240;
 const SKU: &str = "SKU-RACE";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn sku() -> Sku {
     Sku::parse(SKU).expect("valid sku")
@@ -50,20 +43,9 @@ fn product(shards: u32, stock: u64, limit: Option<u32>) -> Product {
 }
 
 fn queued(i: usize, user: &str, quantity: u32, created_at: Millis) -> Order {
-    Order {
-        id: OrderId::parse(&format!("{i:032x}")).expect("valid id"),
-        owner: UserId::parse(user).expect("valid user"),
-        sku: sku(),
-        quantity: Quantity::new(quantity).expect("valid quantity"),
-        status: OrderStatus::Queued,
-        reason: None,
-        created_at,
-        updated_at: created_at,
-        expires_at: None,
-        fingerprint: String::new(),
-        takes: Vec::new(),
-        counted: false,
-    }
+    let id = OrderId::parse(&format!("{i:032x}")).expect("valid id");
+    let owner = UserId::parse(user).expect("valid user");
+    flash_tests::given::queued_order(id, owner, sku(), quantity, created_at)
 }
 
 /// What the store did, in the order it happened.
@@ -88,7 +70,7 @@ enum Happened {
 #[derive(Default)]
 struct Shared {
     journal: Mutex<Vec<Happened>>,
-    interleave: Mutex<Option<StdRng>>,
+    interleave: Interleave,
     /// Runs once, just before the next commit reaches the store.
     before_commit: Mutex<Option<BoxFuture<'static, ()>>>,
     /// The next commits fail as throttled, writing nothing.
@@ -99,54 +81,72 @@ struct Shared {
     conflicts: AtomicUsize,
 }
 
+impl Shared {
+    /// The next `n` commits fail as throttled.
+    fn throttling(self, n: usize) -> Self {
+        self.throttled_commits.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// The next `n` commits are refused as a transaction conflict.
+    fn conflicting(self, n: usize) -> Self {
+        self.conflicts.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// The next `n` commits that land answer as timed out.
+    fn losing_replies(self, n: usize) -> Self {
+        self.lost_replies.store(n, Ordering::SeqCst);
+        self
+    }
+}
+
 /// The fake store as one processor (or canceller) sees it: it records what it did in the
 /// shared journal, can interleave with the others at each call as a seed decides, and can
 /// be told to throttle, lose or conflict its commits.
+type Rig = Watched<FakeStore, Racer>;
+
+/// What a [`Rig`] does around the calls of processor `who`.
 #[derive(Clone)]
-struct Rig {
+struct Racer {
     store: FakeStore,
     who: usize,
     shared: Arc<Shared>,
 }
 
-impl Rig {
-    fn new(store: &FakeStore) -> Self {
-        Self {
+impl Racer {
+    fn rig(store: &FakeStore, shared: Shared) -> Rig {
+        let racer = Self {
             store: store.clone(),
             who: 0,
-            shared: Arc::default(),
-        }
+            shared: Arc::new(shared),
+        };
+        Watched::new(store.clone(), racer)
     }
 
-    fn seeded(store: &FakeStore, seed: u64) -> Self {
-        let rig = Self::new(store);
-        *lock(&rig.shared.interleave) = Some(StdRng::seed_from_u64(seed));
-        rig
+    fn unseeded(store: &FakeStore) -> Rig {
+        Self::rig(store, Shared::default())
+    }
+
+    fn seeded(store: &FakeStore, seed: u64) -> Rig {
+        let shared = Shared {
+            interleave: Interleave::seeded(seed),
+            ..Shared::default()
+        };
+        Self::rig(store, shared)
     }
 
     /// The same store and journal, as processor `who`.
-    fn as_processor(&self, who: usize) -> Self {
-        Self {
+    fn as_processor(rig: &Rig, who: usize) -> Rig {
+        let racer = Self {
             who,
-            ..self.clone()
-        }
+            ..rig.watch().clone()
+        };
+        Watched::new(rig.inner().clone(), racer)
     }
 
     fn journal(&self) -> Vec<Happened> {
         lock(&self.shared.journal).clone()
-    }
-
-    fn note(&self, h: Happened) {
-        lock(&self.shared.journal).push(h);
-    }
-
-    async fn step(&self) {
-        let yields = lock(&self.shared.interleave)
-            .as_mut()
-            .map_or(0, |rng| rng.random_range(0..4));
-        for _ in 0..yields {
-            tokio::task::yield_now().await;
-        }
     }
 }
 
@@ -155,60 +155,21 @@ fn take_one(n: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-impl Store for Rig {
-    async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
-        self.step().await;
-        self.store.get_product(sku).await
-    }
-    async fn create_product(
+impl Watch for Racer {
+    async fn step<R: Send>(
         &self,
-        product: &Product,
-        stock: &[(u32, u64)],
-        key: Option<&KeyRecord>,
-    ) -> PortResult<ProductWrite> {
-        self.store.create_product(product, stock, key).await
+        _: &'static str,
+        call: impl Future<Output = PortResult<R>> + Send,
+    ) -> PortResult<R> {
+        self.shared.interleave.step().await;
+        call.await
     }
-    async fn add_stock(
+
+    async fn commit(
         &self,
-        put: &ProductPut,
-        stock: &[(u32, u64)],
-        key: Option<&KeyRecord>,
-    ) -> PortResult<ProductWrite> {
-        self.store.add_stock(put, stock, key).await
-    }
-    async fn mark_sold_out(&self, product: &Product) -> PortResult<bool> {
-        self.step().await;
-        self.store.mark_sold_out(product).await
-    }
-    async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
-        self.store.clear_sold_out(sku).await
-    }
-    async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
-        self.step().await;
-        let shards = self.store.read_shards(product).await?;
-        self.note(Happened::Read { who: self.who });
-        Ok(shards)
-    }
-    async fn read_bought(&self, sku: &Sku, users: &[UserId]) -> PortResult<HashMap<UserId, u32>> {
-        self.step().await;
-        self.store.read_bought(sku, users).await
-    }
-    async fn create_order(&self, order: &Order) -> PortResult<CreateOrder> {
-        self.store.create_order(order).await
-    }
-    async fn create_limited_order(&self, order: &Order, limit: u32) -> PortResult<CreateOrder> {
-        self.store.create_limited_order(order, limit).await
-    }
-    async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
-        self.step().await;
-        self.store.get_order(id).await
-    }
-    async fn get_orders(&self, ids: &[OrderId]) -> PortResult<Vec<Order>> {
-        self.step().await;
-        self.store.get_orders(ids).await
-    }
-    async fn commit(&self, sku: &Sku, c: &Commit) -> PortResult<Result<(), CommitRefused>> {
-        self.step().await;
+        call: impl Future<Output = PortResult<Result<(), CommitRefused>>> + Send,
+    ) -> PortResult<Result<(), CommitRefused>> {
+        self.shared.interleave.step().await;
         let hook = lock(&self.shared.before_commit).take();
         if let Some(hook) = hook {
             hook.await;
@@ -225,42 +186,30 @@ impl Store for Rig {
                 ..CommitRefused::default()
             }));
         }
-        let r = self.store.commit(sku, c).await;
-        self.note(Happened::Committed { who: self.who });
+        let r = call.await;
         if matches!(r, Ok(Ok(()))) && take_one(&self.shared.lost_replies) {
             return Err(PortError::degraded("commit", "timed out after it landed"));
         }
         r
     }
-    async fn reject(&self, id: &OrderId, reason: Reason, now: Millis) -> PortResult<bool> {
-        self.step().await;
-        let quantity = self.store.order(id).map_or(0, |o| o.quantity.get());
-        let written = self.store.reject(id, reason, now).await?;
-        if written {
-            self.note(Happened::Rejected {
-                who: self.who,
-                quantity,
+
+    fn saw(&self, what: Saw<'_>) {
+        let who = self.who;
+        let happened = match what {
+            Saw::Shards(_) => Happened::Read { who },
+            Saw::Committed(..) => Happened::Committed { who },
+            Saw::Rejected(id, reason) => Happened::Rejected {
+                who,
+                quantity: self.store.order(id).map_or(0, |o| o.quantity.get()),
                 reason,
                 id: id.clone(),
-            });
-        }
-        Ok(written)
-    }
-    async fn advance(
-        &self,
-        order: &Order,
-        t: &Transition,
-        owner: Option<&UserId>,
-        now: Millis,
-    ) -> PortResult<Advance> {
-        self.step().await;
-        let r = self.store.advance(order, t, owner, now).await?;
-        if t.restores_stock && matches!(r, Advance::Done(_)) {
-            self.note(Happened::Returned {
+            },
+            Saw::Advanced(order, t, _) if t.restores_stock => Happened::Returned {
                 units: order.quantity.get(),
-            });
-        }
-        Ok(r)
+            },
+            Saw::Created(_) | Saw::Advanced(..) => return,
+        };
+        lock(&self.shared.journal).push(happened);
     }
 }
 
@@ -354,13 +303,13 @@ async fn an_order_is_not_rejected_sold_out_on_a_plan_whose_commit_was_refused() 
     for o in [&a, &b, &c] {
         store.seed_order(o.clone());
     }
-    let rig = Rig::new(&store);
+    let rig = Racer::unseeded(&store);
     let p = store.product(&sku()).expect("seeded");
     // AND the other batch commits C between our read of the shards and our commit, so the
     // plan that accepted A (and would reject B) meets a shard holding 2
-    let other = rig.as_processor(1);
+    let other = Racer::as_processor(&rig, 1);
     let (other_p, other_c) = (p.clone(), c.clone());
-    *lock(&rig.shared.before_commit) = Some(Box::pin(async move {
+    *lock(&rig.watch().shared.before_commit) = Some(Box::pin(async move {
         let r = decide_group(&other, &other_p, &[other_c], now_ms(), 0, &no_deadline()).await;
         assert_eq!(r.expect("the other batch commits").accepted.len(), 1);
     }));
@@ -397,7 +346,7 @@ async fn an_order_is_not_rejected_sold_out_on_a_plan_whose_commit_was_refused() 
     // AND the one unit left is less than A wanted: nothing a rejected order fits is stranded
     assert_eq!(store.available(&sku()), 1);
     assert_eq!(
-        rejections_without_proof(&rig.journal(), 1),
+        rejections_without_proof(&rig.watch().journal(), 1),
         Vec::<String>::new()
     );
 }
@@ -426,7 +375,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
     for o in &orders {
         store.seed_order(o.clone());
     }
-    let rig = Rig::seeded(&store, seed ^ 0x5EED);
+    let rig = Racer::seeded(&store, seed ^ 0x5EED);
     // Each processor gets most orders, shuffled and cut into batches of 1-10, so batches
     // overlap (duplicate deliveries) and every order is in at least one.
     let processors = rng.random_range(2..=4usize);
@@ -449,7 +398,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
     }
     let starts: Vec<usize> = (0..processors).map(|_| rng.random_range(0..8)).collect();
     let workers = plans.into_iter().enumerate().map(|(k, batches)| {
-        let rig = rig.as_processor(k + 1);
+        let rig = Racer::as_processor(&rig, k + 1);
         let start = starts[k];
         async move {
             let mut errors = Vec::new();
@@ -471,7 +420,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
         if !returns {
             return;
         }
-        let rig = rig.as_processor(0);
+        let rig = Racer::as_processor(&rig, 0);
         let mut rng = StdRng::seed_from_u64(seed ^ 0xCA9C);
         for _ in 0..rng.random_range(5..40) {
             tokio::task::yield_now().await;
@@ -517,7 +466,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
             "conservation: {available} available + {held} held != {stock} added"
         ));
     }
-    problems.extend(rejections_without_proof(&rig.journal(), available));
+    problems.extend(rejections_without_proof(&rig.watch().journal(), available));
     if let Some(limit) = limit {
         for ((_, user), units) in &end.bought {
             if *units > i64::from(limit) {
@@ -597,8 +546,7 @@ fn statuses(store: &FakeStore) -> Vec<OrderStatus> {
 async fn a_throttled_commit_is_retried_and_the_group_decided_in_the_same_invocation() {
     // GIVEN stock for one of two orders, and a table that throttles the next 3 commits
     let (store, p, orders) = two_orders(1);
-    let rig = Rig::new(&store);
-    rig.shared.throttled_commits.store(3, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(3));
     // WHEN the group is decided with the invocation's 30 s ahead
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the first order got the unit and the second was rejected, after 3 retries
@@ -618,8 +566,7 @@ async fn a_throttled_commit_is_retried_and_the_group_decided_in_the_same_invocat
 async fn conflicts_past_the_old_attempt_budget_are_retried_while_time_is_left() {
     // GIVEN 60 transaction conflicts in a row (the old budget gave up after 40 attempts)
     let (store, p, orders) = two_orders(5);
-    let rig = Rig::new(&store);
-    rig.shared.conflicts.store(60, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().conflicting(60));
     // WHEN the group is decided with time to spare
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN both orders are accepted by the 61st commit
@@ -633,10 +580,7 @@ async fn past_the_deadline_the_group_is_handed_back_without_rejecting_anything()
     // GIVEN stock for one of two orders, and a table that throttles every commit
     let (store, p, orders) = two_orders(1);
     let before = store.snapshot();
-    let rig = Rig::new(&store);
-    rig.shared
-        .throttled_commits
-        .store(usize::MAX, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(usize::MAX));
     // WHEN the group is decided with 3 s left
     let started = tokio::time::Instant::now();
     let result = decide_within(&rig, &p, &orders, Duration::from_secs(3)).await;
@@ -644,7 +588,7 @@ async fn past_the_deadline_the_group_is_handed_back_without_rejecting_anything()
     let err = result.expect_err("handed back");
     assert!(err.is_degraded(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let tries = usize::MAX - rig.shared.throttled_commits.load(Ordering::SeqCst);
+    let tries = usize::MAX - rig.watch().shared.throttled_commits.load(Ordering::SeqCst);
     assert!(tries >= 3, "only {tries} tries in 3 s");
     // AND the order its plan would have rejected is still queued: nothing was written
     assert_eq!(store.snapshot(), before);
@@ -667,8 +611,7 @@ async fn a_group_reached_past_the_deadline_is_handed_back_untouched() {
 async fn orders_of_a_commit_whose_reply_was_lost_are_found_pending_not_committed_twice() {
     // GIVEN a commit that lands but whose reply is lost as a timeout
     let (store, p, orders) = two_orders(5);
-    let rig = Rig::new(&store);
-    rig.shared.lost_replies.store(1, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().losing_replies(1));
     // WHEN the group is decided
     let report = decided_in_time(&rig, &p, &orders).await;
     // THEN the retry reads the orders back and finds them pending, with their deadline
@@ -697,26 +640,30 @@ fn batch(orders: &[Order]) -> SqsEvent {
     sqs_event(&records)
 }
 
-#[tokio::test]
-async fn process_orders_retries_a_throttled_commit_and_schedules_the_payment_timeouts() {
-    // GIVEN two queued orders, a commit throttled twice, and one whose reply is then lost
-    let (store, _, orders) = two_orders(5);
-    let rig = Rig::new(&store);
-    rig.shared.throttled_commits.store(2, Ordering::SeqCst);
-    rig.shared.lost_replies.store(1, Ordering::SeqCst);
-    let timeouts = FakeTimeouts::new();
-    // WHEN process-orders runs with the 30 s of a fresh invocation
+/// process-orders over `rig`, scheduling into `timeouts`, on the batch of `orders`, in an
+/// invocation ending at `deadline`.
+async fn process(
+    rig: Rig,
+    timeouts: &FakeTimeouts,
+    orders: &[Order],
+    deadline: Millis,
+) -> (SqsBatchResponse, BatchReport) {
     let h = ProcessOrders {
         store: rig,
         timeouts: timeouts.clone(),
     };
-    let (resp, report) = h
-        .handle(
-            &FakeRedelivery::default(),
-            batch(&orders),
-            now_ms() + 30_000,
-        )
-        .await;
+    h.handle(&FakeRedelivery::default(), batch(orders), deadline)
+        .await
+}
+
+#[tokio::test]
+async fn process_orders_retries_a_throttled_commit_and_schedules_the_payment_timeouts() {
+    // GIVEN two queued orders, a commit throttled twice, and one whose reply is then lost
+    let (store, _, orders) = two_orders(5);
+    let rig = Racer::rig(&store, Shared::default().throttling(2).losing_replies(1));
+    let timeouts = FakeTimeouts::new();
+    // WHEN process-orders runs with the 30 s of a fresh invocation
+    let (resp, report) = process(rig, &timeouts, &orders, now_ms() + 30_000).await;
     // THEN no record fails, both orders are pending, and both payment timeouts are scheduled
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     assert_eq!(
@@ -736,20 +683,11 @@ async fn process_orders_hands_the_records_back_before_its_invocation_ends() {
     // safety margin
     let (store, _, orders) = two_orders(1);
     let before = store.snapshot();
-    let rig = Rig::new(&store);
-    rig.shared
-        .throttled_commits
-        .store(usize::MAX, Ordering::SeqCst);
+    let rig = Racer::rig(&store, Shared::default().throttling(usize::MAX));
     let timeouts = FakeTimeouts::new();
     let deadline = now_ms() + DEADLINE_MARGIN.as_millis() as Millis + 400;
     // WHEN process-orders runs
-    let h = ProcessOrders {
-        store: rig,
-        timeouts: timeouts.clone(),
-    };
-    let (resp, _) = h
-        .handle(&FakeRedelivery::default(), batch(&orders), deadline)
-        .await;
+    let (resp, _) = process(rig, &timeouts, &orders, deadline).await;
     // THEN it answers before the margin starts, every record failed and nothing written
     assert!(now_ms() < deadline - DEADLINE_MARGIN.as_millis() as Millis + 50);
     assert_eq!(resp.batch_item_failures.len(), 2);

@@ -60,17 +60,20 @@ async fn dynamo() -> Products<DynamoStore> {
     Products::new(stack::store().await)
 }
 
-/// Two tests of one scenario: over the in-memory store and over DynamoDB Local.
+/// Two tests of one scenario, `<scenario>::in_memory` and `<scenario>::in_dynamodb`: over the
+/// in-memory store and over DynamoDB Local.
 macro_rules! on_both_stores {
-    ($scenario:ident, $in_memory:ident, $in_dynamodb:ident) => {
-        #[tokio::test]
-        async fn $in_memory() {
-            $scenario(fake()).await;
-        }
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn in_memory() {
+                super::$scenario(super::fake()).await;
+            }
 
-        #[tokio::test]
-        async fn $in_dynamodb() {
-            $scenario(dynamo().await).await;
+            #[tokio::test]
+            async fn in_dynamodb() {
+                super::$scenario(super::dynamo().await).await;
+            }
         }
     };
 }
@@ -115,11 +118,7 @@ async fn a_restock_that_leaves_out_the_settings_keeps_them<S: Store>(h: Products
     );
 }
 
-on_both_stores!(
-    a_restock_that_leaves_out_the_settings_keeps_them,
-    a_restock_that_leaves_out_the_settings_keeps_them_in_memory,
-    a_restock_that_leaves_out_the_settings_keeps_them_in_dynamodb
-);
+on_both_stores!(a_restock_that_leaves_out_the_settings_keeps_them);
 
 async fn an_explicit_null_clears_a_setting_and_a_value_replaces_it<S: Store>(h: Products<S>) {
     // GIVEN a product with every setting
@@ -140,11 +139,7 @@ async fn an_explicit_null_clears_a_setting_and_a_value_replaces_it<S: Store>(h: 
     assert_eq!(product.payment_window_seconds, 900);
 }
 
-on_both_stores!(
-    an_explicit_null_clears_a_setting_and_a_value_replaces_it,
-    an_explicit_null_clears_a_setting_and_a_value_replaces_it_in_memory,
-    an_explicit_null_clears_a_setting_and_a_value_replaces_it_in_dynamodb
-);
+on_both_stores!(an_explicit_null_clears_a_setting_and_a_value_replaces_it);
 
 async fn a_restock_that_would_end_the_sale_before_it_starts_is_refused<S: Store>(h: Products<S>) {
     // GIVEN a product whose sale starts in 2030
@@ -161,11 +156,7 @@ async fn a_restock_that_would_end_the_sale_before_it_starts_is_refused<S: Store>
     assert_eq!(stored(&h, &sku).await, before);
 }
 
-on_both_stores!(
-    a_restock_that_would_end_the_sale_before_it_starts_is_refused,
-    a_restock_that_would_end_the_sale_before_it_starts_is_refused_in_memory,
-    a_restock_that_would_end_the_sale_before_it_starts_is_refused_in_dynamodb
-);
+on_both_stores!(a_restock_that_would_end_the_sale_before_it_starts_is_refused);
 
 async fn the_same_restock_sent_three_times_with_one_key_adds_its_stock_once<S: Store>(
     h: Products<S>,
@@ -175,18 +166,10 @@ async fn the_same_restock_sent_three_times_with_one_key_adds_its_stock_once<S: S
     create(&h, &sku, json!({"name": "Phone", "stock": 10})).await;
     // WHEN the same restock of 5 is sent 3 times with one Idempotency-Key
     let restock = json!({"name": "Phone", "stock": 5, "per_user_limit": 3});
+    let key = format!("restock-{sku}");
     let mut answers = Vec::new();
     for _ in 0..3 {
-        answers.push(
-            put(
-                &h,
-                "ops",
-                &sku,
-                Some(&format!("restock-{sku}")),
-                restock.clone(),
-            )
-            .await,
-        );
+        answers.push(put(&h, "ops", &sku, Some(&key), restock.clone()).await);
     }
     // THEN each answers 200 with the same body, and the stock went up by 5 once
     for (status, body) in &answers {
@@ -200,36 +183,26 @@ async fn the_same_restock_sent_three_times_with_one_key_adds_its_stock_once<S: S
     // AND a key reused with another body is a 422 that writes nothing
     let before = stored(&h, &sku).await;
     let other = json!({"name": "Phone", "stock": 6, "per_user_limit": 3});
-    let (status, body) = put(&h, "ops", &sku, Some(&format!("restock-{sku}")), other).await;
+    let (status, body) = put(&h, "ops", &sku, Some(&key), other).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
     assert_eq!(stored(&h, &sku).await, before);
     // AND the same key string from another admin is another key: it adds its stock
-    let (status, body) = put(&h, "ops-2", &sku, Some(&format!("restock-{sku}")), restock).await;
+    let (status, body) = put(&h, "ops-2", &sku, Some(&key), restock).await;
     assert_eq!((status, &body["available"]), (200, &json!(20)), "{body}");
 }
 
-on_both_stores!(
-    the_same_restock_sent_three_times_with_one_key_adds_its_stock_once,
-    the_same_restock_sent_three_times_with_one_key_adds_its_stock_once_in_memory,
-    the_same_restock_sent_three_times_with_one_key_adds_its_stock_once_in_dynamodb
-);
+on_both_stores!(the_same_restock_sent_three_times_with_one_key_adds_its_stock_once);
 
 async fn a_create_retried_under_its_key_answers_201_and_adds_nothing<S: Store>(h: Products<S>) {
     // GIVEN a product created with a key
     let sku = sku("CREATE");
     let body = json!({"name": "Phone", "stock": 7});
-    let first = put(
-        &h,
-        "ops",
-        &sku,
-        Some(&format!("create-{sku}")),
-        body.clone(),
-    )
-    .await;
+    let key = format!("create-{sku}");
+    let first = put(&h, "ops", &sku, Some(&key), body.clone()).await;
     assert_eq!(first.0, 201, "{}", first.1);
     // WHEN the same request comes again with the key
-    let again = put(&h, "ops", &sku, Some(&format!("create-{sku}")), body).await;
+    let again = put(&h, "ops", &sku, Some(&key), body).await;
     // THEN it answers as the first did, and the stock is still 7
     assert_eq!(again, first);
     assert_eq!(stored(&h, &sku).await.0.stock_added, 7);
@@ -238,11 +211,7 @@ async fn a_create_retried_under_its_key_answers_201_and_adds_nothing<S: Store>(h
     assert_eq!((plain.0, &plain.1["available"]), (200, &json!(14)));
 }
 
-on_both_stores!(
-    a_create_retried_under_its_key_answers_201_and_adds_nothing,
-    a_create_retried_under_its_key_answers_201_and_adds_nothing_in_memory,
-    a_create_retried_under_its_key_answers_201_and_adds_nothing_in_dynamodb
-);
+on_both_stores!(a_create_retried_under_its_key_answers_201_and_adds_nothing);
 
 #[tokio::test]
 async fn a_restock_whose_answer_was_lost_after_dynamodb_committed_adds_nothing_when_retried() {
@@ -262,19 +231,13 @@ async fn a_restock_whose_answer_was_lost_after_dynamodb_committed_adds_nothing_w
         stack::var("TABLE_NAME"),
     ));
     let restock = json!({"name": "Phone", "stock": 5});
+    let key = format!("lost-{sku}");
     // WHEN the restock is sent with a key and its answer is lost
-    let (status, body) = put(
-        &faulty,
-        "ops",
-        &sku,
-        Some(&format!("lost-{sku}")),
-        restock.clone(),
-    )
-    .await;
+    let (status, body) = put(&faulty, "ops", &sku, Some(&key), restock.clone()).await;
     assert_eq!(status, 503, "{body}");
     assert!(!faults.fired().is_empty(), "no fault was injected");
     // AND the admin retries it with the same key
-    let (status, body) = put(&h, "ops", &sku, Some(&format!("lost-{sku}")), restock).await;
+    let (status, body) = put(&h, "ops", &sku, Some(&key), restock).await;
     // THEN the retry answers 200 and the stock went up by 5 exactly once
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["available"], 15, "{body}");
@@ -324,8 +287,4 @@ async fn a_restock_whose_kept_window_bound_moved_meanwhile_writes_nothing<S: Sto
     assert_eq!(stored(&h, &sku).await, before);
 }
 
-on_both_stores!(
-    a_restock_whose_kept_window_bound_moved_meanwhile_writes_nothing,
-    a_restock_whose_kept_window_bound_moved_meanwhile_writes_nothing_in_memory,
-    a_restock_whose_kept_window_bound_moved_meanwhile_writes_nothing_in_dynamodb
-);
+on_both_stores!(a_restock_whose_kept_window_bound_moved_meanwhile_writes_nothing);

@@ -65,18 +65,9 @@ async fn five_hundred_returns_on_one_sold_out_product_all_succeed_without_a_503(
     let sdk = aws_sim::sdk_config_with_capacity(flash_aws::config::sdk_config().await, &model);
     let store = DynamoStore::from_config(&sdk, stack::var("TABLE_NAME"));
     let sku = unique_sku("returns");
-    let resp = products::Products::new(store.clone())
-        .handle(
-            Req::put_product(
-                &sku,
-                &json!({"name": "Console", "stock": 500, "shards": 20, "per_user_limit": 2,
-                    "payment_window_seconds": PAYMENT_WINDOW_S})
-                .to_string(),
-            )
-            .build(),
-        )
-        .await;
-    assert_eq!(resp.status(), 201, "{:?}", body(&resp));
+    let spec = json!({"name": "Console", "stock": 500, "shards": 20, "per_user_limit": 2,
+        "payment_window_seconds": PAYMENT_WINDOW_S});
+    stack::create_product(&store, &sku, &spec).await;
     let (queue, orders_url) = stack::test_queue("returns-orders").await;
     let (_, timeouts_url) = stack::test_queue("returns-timeouts").await;
     let sqs = stack::sqs().await;
@@ -254,16 +245,8 @@ async fn a_return_clears_the_sold_out_flag_and_whoever_finds_the_order_canceled_
     // GIVEN 2 units sold to 2 buyers, the product flagged sold out
     let store = stack::store().await;
     let sku = unique_sku("flag");
-    let resp = products::Products::new(store.clone())
-        .handle(
-            Req::put_product(
-                &sku,
-                &json!({"name": "Kettle", "stock": 2, "payment_window_seconds": 1}).to_string(),
-            )
-            .build(),
-        )
-        .await;
-    assert_eq!(resp.status(), 201, "{:?}", body(&resp));
+    let spec = json!({"name": "Kettle", "stock": 2, "payment_window_seconds": 1});
+    stack::create_product(&store, &sku, &spec).await;
     let (queue, orders_url) = stack::test_queue("flag-orders").await;
     let (_, timeouts_url) = stack::test_queue("flag-timeouts").await;
     let sqs = stack::sqs().await;

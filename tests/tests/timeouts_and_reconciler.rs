@@ -13,6 +13,7 @@ use flash_tests::drain::invoke;
 use flash_tests::fake::{FakeQueue, FakeRedelivery, FakeStore, InjectFaults};
 use flash_tests::fake_expiry::{timeout_body, FakeTimeouts};
 use flash_tests::fixtures::{invocation_deadline, sqs_event, Req};
+use flash_tests::invariant_assertions::assert_conservation_broken;
 use flash_tests::invariants::audit_state;
 use lambda_http::Body;
 use place_order::PlaceOrder;
@@ -741,15 +742,7 @@ mod reconciler {
         assert_eq!(summary.products, 2);
         assert_eq!(summary.products_with_violations, 1);
         assert!(summary.violations >= 1);
-        let bad = products.iter().find(|p| p.sku == SKU).expect("SKU-1");
-        assert!(
-            bad.violations.iter().any(|v| v.starts_with("conservation")),
-            "{:?}",
-            bad.violations
-        );
-        assert!(products
-            .iter()
-            .any(|p| p.sku == "SKU-2" && p.violations.is_empty()));
+        assert_conservation_broken(&products, SKU, "SKU-2");
         assert_eq!(
             metric_record(&summary, 0)[METRIC],
             json!(summary.violations as f64)

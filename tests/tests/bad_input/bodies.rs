@@ -20,12 +20,7 @@ async fn a_body_that_is_not_json_is_invalid_on_every_route_that_reads_one() {
     ] {
         // WHEN a body declared JSON is not a JSON object
         for (route, req) in [place(body), put(SKU, body), world.pay(body)] {
-            cases.push(Case::new(
-                format!("{route:?} {body:?}"),
-                (route, req),
-                400,
-                "invalid_request",
-            ));
+            cases.push(Case::invalid(format!("{route:?} {body:?}"), (route, req)));
         }
     }
     // THEN each is refused as invalid, and nothing is written or sent
@@ -71,9 +66,9 @@ async fn a_base64_string_of_json_sent_as_text_is_invalid() {
     // WHEN the client base64-encodes its JSON itself and sends the result as a JSON body
     // (isBase64Encoded false: API Gateway passed the text through)
     let cases = vec![
-        Case::new("order", place(&encode(ORDER)), 400, "invalid_request"),
-        Case::new("spec", put(SKU, &encode(SPEC)), 400, "invalid_request"),
-        Case::new("action", world.pay(&encode("{}")), 400, "invalid_request"),
+        Case::invalid("order", place(&encode(ORDER))),
+        Case::invalid("spec", put(SKU, &encode(SPEC))),
+        Case::invalid("action", world.pay(&encode("{}"))),
     ];
     // THEN it is not a JSON object, so each is refused as invalid
     world.assert_refused(cases).await;
@@ -87,26 +82,17 @@ async fn a_base64_encoded_body_is_decoded_and_then_judged_like_the_same_body_sen
     // would be refused as text: not JSON, an extra field, not declared JSON, 1 MiB
     let big = padded(r#"{"sku":"SKU-1","quantity":1"#, ONE_MIB);
     let cases = vec![
-        Case::new(
-            "not JSON",
-            base64(place(""), b"sku=SKU-1"),
-            400,
-            "invalid_request",
-        ),
-        Case::new(
+        Case::invalid("not JSON", base64(place(""), b"sku=SKU-1")),
+        Case::invalid(
             "extra field",
             base64(
                 place(""),
                 br#"{"sku":"SKU-1","quantity":1,"status":"paid"}"#,
             ),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "not UTF-8",
             base64(place(""), b"{\"sku\":\"\xff\xfe\",\"quantity\":1}"),
-            400,
-            "invalid_request",
         ),
         Case::new(
             "octet-stream",
@@ -117,23 +103,14 @@ async fn a_base64_encoded_body_is_decoded_and_then_judged_like_the_same_body_sen
             415,
             "unsupported_media_type",
         ),
-        Case::new(
-            "1 MiB",
-            base64(place(""), big.as_bytes()),
-            413,
-            "payload_too_large",
-        ),
-        Case::new(
+        Case::too_large("1 MiB", base64(place(""), big.as_bytes())),
+        Case::invalid(
             "spec with a price",
             base64(put(SKU, ""), br#"{"name":"x","stock":5,"price":1}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "action with a status",
             base64(world.pay(""), br#"{"status":"paid"}"#),
-            400,
-            "invalid_request",
         ),
     ];
     // THEN each gets the same refusal as its text twin, and nothing is written or sent
@@ -176,11 +153,11 @@ async fn a_body_of_one_mebibyte_is_too_large_on_every_route() {
     // WHEN each route gets a 1 MiB body: JSON, or only whitespace (which would otherwise count
     // as no body)
     let cases = vec![
-        Case::new("order", place(&order), 413, "payload_too_large"),
-        Case::new("spec", put(SKU, &spec), 413, "payload_too_large"),
-        Case::new("action", world.pay(&action), 413, "payload_too_large"),
-        Case::new("blank order", place(&blank), 413, "payload_too_large"),
-        Case::new("blank action", world.pay(&blank), 413, "payload_too_large"),
+        Case::too_large("order", place(&order)),
+        Case::too_large("spec", put(SKU, &spec)),
+        Case::too_large("action", world.pay(&action)),
+        Case::too_large("blank order", place(&blank)),
+        Case::too_large("blank action", world.pay(&blank)),
     ];
     // THEN each is refused as too large, and nothing is written or sent
     world.assert_refused(cases).await;
@@ -202,30 +179,22 @@ async fn a_body_nested_ten_thousand_deep_is_refused_without_overflowing_the_stac
         };
         let with = |body: String| (route, req.clone().body(&body));
         // WHEN the nesting fits in 16 KiB (10,000 open brackets inside a field, or at the top)
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("{route:?} field opened {DEEP} deep"),
             with(format!(r#"{{"{field}":{open}"#)),
-            400,
-            "invalid_request",
         ));
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("{route:?} array opened {DEEP} deep"),
             with(open.clone()),
-            400,
-            "invalid_request",
         ));
         // AND when it is balanced, which takes more than 16 KiB
-        cases.push(Case::new(
+        cases.push(Case::too_large(
             format!("{route:?} balanced arrays"),
             with(format!(r#"{{"{field}":{balanced}}}"#)),
-            413,
-            "payload_too_large",
         ));
-        cases.push(Case::new(
+        cases.push(Case::too_large(
             format!("{route:?} balanced objects"),
             with(objects.clone()),
-            413,
-            "payload_too_large",
         ));
     }
     // THEN each is refused (invalid, or too large) and nothing is written: the process is
@@ -240,42 +209,27 @@ async fn a_body_with_a_duplicate_key_is_invalid_on_every_route_that_reads_one() 
     // WHEN a key appears twice, even with the same value both times (which one wins would be
     // up to the parser, and the fingerprint must not depend on it)
     let cases = vec![
-        Case::new(
+        Case::invalid(
             "quantity twice",
             place(r#"{"sku":"SKU-1","quantity":1,"quantity":1}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "sku twice",
             place(r#"{"sku":"SKU-2","quantity":1,"sku":"SKU-1"}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "stock twice",
             put(SKU, r#"{"name":"Hot phone","stock":5,"stock":5}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "name twice",
             put(SKU, r#"{"name":"a","name":"b","stock":5}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
+        Case::invalid(
             "optional field twice",
             put(SKU, r#"{"name":"a","stock":5,"shards":1,"shards":2}"#),
-            400,
-            "invalid_request",
         ),
-        Case::new(
-            "action key twice",
-            world.pay(r#"{"a":1,"a":1}"#),
-            400,
-            "invalid_request",
-        ),
+        Case::invalid("action key twice", world.pay(r#"{"a":1,"a":1}"#)),
     ];
     // THEN each is refused as invalid, and nothing is written or sent
     world.assert_refused(cases).await;
@@ -317,12 +271,7 @@ async fn a_body_that_tries_to_set_status_price_user_id_or_owner_is_invalid_on_ev
                 Route::Products => put(SKU, &body),
                 Route::AdvanceOrder => world.pay(&body),
             };
-            cases.push(Case::new(
-                format!("{route:?} {field}"),
-                req,
-                400,
-                "invalid_request",
-            ));
+            cases.push(Case::invalid(format!("{route:?} {field}"), req));
         }
     }
     // THEN each is refused as invalid, and nothing is written or sent

@@ -93,6 +93,16 @@ impl Case {
             code,
         }
     }
+
+    /// A request the contract refuses as `400 invalid_request`.
+    fn invalid(what: impl Into<String>, req: (Route, Req)) -> Self {
+        Self::new(what, req, 400, "invalid_request")
+    }
+
+    /// A request the contract refuses as `413 payload_too_large`.
+    fn too_large(what: impl Into<String>, req: (Route, Req)) -> Self {
+        Self::new(what, req, 413, "payload_too_large")
+    }
 }
 
 /// Everything a handler could have written to.

@@ -12,29 +12,23 @@ async fn every_malformed_count_of_units_is_invalid_in_an_order_and_in_a_product_
     for n in BAD_COUNTS {
         // WHEN an order's quantity, or a product's stock, is zero, negative, fractional, a
         // string, a float in exponent form, above u32::MAX or null
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("quantity {n}"),
             place(&format!(r#"{{"sku":"SKU-1","quantity":{n}}}"#)),
-            400,
-            "invalid_request",
         ));
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("stock {n}"),
             put(SKU, &format!(r#"{{"name":"Hot phone","stock":{n}}}"#)),
-            400,
-            "invalid_request",
         ));
         // AND the optional counts of a spec (where null means "absent", so it is fine)
         for field in ["per_user_limit", "payment_window_seconds", "shards"] {
             if *n != "null" {
-                cases.push(Case::new(
+                cases.push(Case::invalid(
                     format!("{field} {n}"),
                     put(
                         SKU,
                         &format!(r#"{{"name":"Hot phone","stock":5,"{field}":{n}}}"#),
                     ),
-                    400,
-                    "invalid_request",
                 ));
             }
         }
@@ -50,20 +44,16 @@ async fn the_largest_quantity_and_stock_are_accepted_and_one_more_is_not() {
     // WHEN the quantity and the stock are one past their maximum
     world
         .assert_refused(vec![
-            Case::new(
+            Case::invalid(
                 "quantity MAX+1",
                 place(&format!(
                     r#"{{"sku":"SKU-1","quantity":{}}}"#,
                     Quantity::MAX + 1
                 )),
-                400,
-                "invalid_request",
             ),
-            Case::new(
+            Case::invalid(
                 "stock MAX+1",
                 put(SKU, r#"{"name":"Hot phone","stock":1000000001}"#),
-                400,
-                "invalid_request",
             ),
         ])
         .await;
@@ -101,18 +91,14 @@ async fn a_sku_that_is_empty_a_kilobyte_long_or_holds_a_key_delimiter_is_invalid
     ] {
         let what = &bad[..bad.len().min(20)];
         // WHEN such a sku is ordered
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("order of sku {what:?}"),
             place(&json!({"sku": bad, "quantity": 1}).to_string()),
-            400,
-            "invalid_request",
         ));
         // AND when an admin puts a product under it
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("put of sku {what:?}"),
             put(bad, SPEC),
-            400,
-            "invalid_request",
         ));
     }
     // THEN each is refused as invalid, and nothing is written or sent
@@ -134,11 +120,9 @@ async fn a_product_name_that_is_blank_or_a_kilobyte_long_is_invalid() {
     let cases = ["", "   ", &"n".repeat(1024)]
         .into_iter()
         .map(|name| {
-            Case::new(
+            Case::invalid(
                 format!("name of {} bytes", name.len()),
                 put(SKU, &json!({"name": name, "stock": 5}).to_string()),
-                400,
-                "invalid_request",
             )
         })
         .collect();
@@ -155,11 +139,9 @@ async fn an_idempotency_key_that_is_missing_empty_129_characters_or_not_ascii_is
     let valid = place(ORDER);
     // WHEN a valid order comes with no key, an empty one, one too long, or one with characters
     // outside printable ASCII (Latin, Cyrillic, emoji)
-    let mut cases = vec![Case::new(
+    let mut cases = vec![Case::invalid(
         "no key",
         (valid.0, valid.1.clone().without_header("idempotency-key")),
-        400,
-        "invalid_request",
     )];
     for key in [
         String::new(),
@@ -168,11 +150,9 @@ async fn an_idempotency_key_that_is_missing_empty_129_characters_or_not_ascii_is
         "ключ".to_owned(),
         "key-🔑".to_owned(),
     ] {
-        cases.push(Case::new(
+        cases.push(Case::invalid(
             format!("key {key:?} ({} bytes)", key.len()),
             with_header(valid.clone(), "idempotency-key", &key),
-            400,
-            "invalid_request",
         ));
     }
     // THEN each is refused as invalid, and no order is written or enqueued

@@ -182,6 +182,23 @@ impl Env {
             .await;
     }
 
+    /// `req(case)` on the order route is refused with `status`/`code` for each of `cases`, and
+    /// none of them changes the table.
+    async fn assert_each_advance_refused(
+        &self,
+        cases: &[&str],
+        req: impl Fn(&str) -> Req,
+        status: u16,
+        code: &str,
+    ) {
+        let before = self.store.snapshot();
+        for case in cases {
+            let r = self.advance(req(case)).await;
+            assert_error(&r, status, code);
+            assert_eq!(self.store.snapshot(), before, "{case} changed the order");
+        }
+    }
+
     /// `req` is refused with `status`/`code` and leaves the table and the queue untouched.
     async fn assert_place_refused(&self, req: Req, status: u16, code: &str) {
         let (before, sent) = (self.store.snapshot(), self.queue.sent().len());

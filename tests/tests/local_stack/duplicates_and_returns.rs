@@ -34,27 +34,12 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
         store: sale.store.clone(),
         timeouts: flash_tests::fake_expiry::FakeTimeouts::new(),
     });
-    let gate = Arc::new(Semaphore::new(6));
-    let tasks: Vec<_> = batches
-        .into_iter()
-        .map(|event| {
-            let (process, gate) = (process.clone(), gate.clone());
-            tokio::spawn(async move {
-                let _permit = gate.acquire().await.expect("semaphore");
-                let redelivery = flash_tests::fake::FakeRedelivery::default();
-                process
-                    .handle(
-                        &redelivery,
-                        event,
-                        flash_tests::fixtures::invocation_deadline(),
-                    )
-                    .await
-                    .0
-            })
-        })
-        .collect();
-    for t in tasks {
-        let resp = t.await.expect("task");
+    let resps = stack::spawn_gated(batches, 6, |event| {
+        let process = process.clone();
+        async move { flash_tests::drain::invoke(&process, event).await.0 }
+    })
+    .await;
+    for resp in resps {
         assert!(
             resp.batch_item_failures.is_empty(),
             "{:?}",
@@ -63,9 +48,7 @@ async fn every_message_delivered_three_times_some_concurrently_deducts_once() {
     }
     // THEN exactly 60 units are held, each order decided once, stock conserved
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants()
-        .assert_all_decided()
-        .assert_nothing_stranded();
+    a.assert_clean();
     assert_eq!(
         (a.units_held, a.available, a.rejected(Reason::SoldOut)),
         (60, 0, 140)

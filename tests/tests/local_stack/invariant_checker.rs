@@ -24,15 +24,8 @@ async fn the_invariant_checker_catches_a_lost_unit_and_a_broken_order() {
     )
     .await;
     // THEN the checker reports both
-    let a = audit(&sale.store, &sale.sku).await;
-    assert!(
-        a.violations.iter().any(|v| v.starts_with("conservation")),
-        "{:?}",
-        a.violations
-    );
-    assert!(
-        a.violations.iter().any(|v| v.contains("took 0")),
-        "{:?}",
-        a.violations
-    );
+    audit(&sale.store, &sale.sku)
+        .await
+        .assert_violation(|v| v.starts_with("conservation"))
+        .assert_violation(|v| v.contains("took 0"));
 }

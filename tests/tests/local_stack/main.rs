@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 mod duplicates_and_returns;
 mod invariant_checker;
@@ -55,6 +54,12 @@ impl Sale {
             sqs: stack::sqs().await,
             url,
         }
+    }
+
+    /// GIVEN `stock` units of a product called `name`, limited to `limit` per buyer.
+    async fn limited(prefix: &str, name: &str, stock: u64, limit: u32) -> Sale {
+        let spec = json!({"name": name, "stock": stock, "per_user_limit": limit});
+        Sale::open(prefix, spec).await
     }
 
     /// The writes the sale's store has sent so far.
@@ -139,18 +144,12 @@ async fn at_once(
     place: &Arc<PlaceOrder<DynamoStore, SqsQueue>>,
     reqs: Vec<Req>,
 ) -> Vec<Response<Body>> {
-    let tasks: Vec<_> = reqs
-        .into_iter()
-        .map(|req| {
-            let place = place.clone();
-            tokio::spawn(async move { place.handle(req.build()).await })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.expect("task"));
-    }
-    out
+    let all = reqs.len();
+    stack::spawn_gated(reqs, all, |req| {
+        let place = place.clone();
+        async move { place.handle(req.build()).await }
+    })
+    .await
 }
 
 /// How many of `resps` have `status`; every other one must be a 409 `purchase_limit`.

@@ -35,9 +35,7 @@ async fn orders_flow_from_the_api_through_the_queue_to_a_decision() {
         .filter(|s| s.0 == "rejected")
         .all(|s| s.1 == json!("sold_out")));
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants()
-        .assert_all_decided()
-        .assert_nothing_stranded();
+    a.assert_clean();
     assert_eq!(
         (a.available, a.units_held, a.rejected(Reason::SoldOut)),
         (0, 5, 3)
@@ -110,9 +108,7 @@ async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     let stats = sale.drain(4).await;
     // THEN exactly 100 are sold, 900 rejected sold out, nothing is left, everything decided
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants()
-        .assert_all_decided()
-        .assert_nothing_stranded();
+    a.assert_clean();
     let writes = sale.writes();
     println!(
         "1000 buyers / 100 units: accepted {} ({} units), rejected sold_out {}, available {}, \
@@ -175,9 +171,7 @@ async fn sharded_stock_with_mixed_quantities_sells_out_without_stranding_a_unit(
     sale.drain(3).await;
     // THEN every unit is sold: a rejected order never fit in what was left
     let a = audit(&sale.store, &sale.sku).await;
-    a.assert_invariants()
-        .assert_all_decided()
-        .assert_nothing_stranded();
+    a.assert_clean();
     assert_eq!(a.shards.len(), 4);
     assert_eq!(a.available, 0, "{a:?}");
     assert_eq!(a.units_held, 97);

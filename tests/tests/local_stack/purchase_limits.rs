@@ -5,11 +5,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_buyer_sending_fifty_orders_at_once_with_a_limit_of_two_buys_exactly_two() {
     // GIVEN plenty of stock and a limit of 2 per buyer
-    let sale = Sale::open(
-        "flood",
-        json!({"name": "Sneaker", "stock": 100, "per_user_limit": 2}),
-    )
-    .await;
+    let sale = Sale::limited("flood", "Sneaker", 100, 2).await;
     let before = sale.writes();
     // WHEN one buyer sends 50 orders of one unit at once, each with its own key
     let reqs = (0..50)
@@ -32,11 +28,7 @@ async fn one_buyer_sending_fifty_orders_at_once_with_a_limit_of_two_buys_exactly
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purchase_limit_holds_for_buyers_ordering_concurrently() {
     // GIVEN a limit of 2 per buyer and plenty of stock
-    let sale = Sale::open(
-        "limit",
-        json!({"name": "Sneaker", "stock": 500, "per_user_limit": 2}),
-    )
-    .await;
+    let sale = Sale::limited("limit", "Sneaker", 500, 2).await;
     // WHEN 10 buyers each place 6 orders of one unit with different keys, all at once
     let reqs = (0..60)
         .map(|i| sale.one_unit(&format!("buyer-{}", i % 10), &format!("{}-k-{i}", sale.sku)))
@@ -53,11 +45,7 @@ async fn a_purchase_limit_holds_for_buyers_ordering_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rejected_canceled_or_refunded_order_gives_its_admission_back() {
     // GIVEN one unit and a limit of 1; alice's order queued before bob's
-    let sale = Sale::open(
-        "readmit",
-        json!({"name": "Watch", "stock": 1, "per_user_limit": 1}),
-    )
-    .await;
+    let sale = Sale::limited("readmit", "Watch", 1, 1).await;
     let order = |who: &str, key: &str| sale.one_unit(who, &format!("{}-{key}", sale.sku)).build();
     let alice = body(&sale.place.handle(order("alice", "a1")).await)["order_id"].clone();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -99,11 +87,7 @@ async fn a_cancel_gives_back_what_was_counted_even_when_the_limit_changed_midway
     // GIVEN alice admitted under a limit that was lifted before her order was decided (counted
     // at admission, not at commit), and carol admitted without a limit that was set before
     // hers was decided (counted at commit, not at admission)
-    let sale = Sale::open(
-        "midway",
-        json!({"name": "Kettle", "stock": 10, "per_user_limit": 2}),
-    )
-    .await;
+    let sale = Sale::limited("midway", "Kettle", 10, 2).await;
     let products = products::Products::new(sale.store.clone());
     let put = |spec: Value| {
         let req = Req::put_product(&sale.sku, &spec.to_string()).build();
@@ -142,11 +126,7 @@ async fn a_cancel_gives_back_what_was_counted_even_when_the_limit_changed_midway
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_invariant_checker_catches_a_stranded_admission_count() {
     // GIVEN a clean sale with a limit, one order admitted and decided
-    let sale = Sale::open(
-        "strand",
-        json!({"name": "Lamp", "stock": 3, "per_user_limit": 2}),
-    )
-    .await;
+    let sale = Sale::limited("strand", "Lamp", 3, 2).await;
     sale.rush(1, 1, |_| 1).await;
     sale.drain(1).await;
     audit(&sale.store, &sale.sku).await.assert_invariants();
@@ -161,12 +141,7 @@ async fn the_invariant_checker_catches_a_stranded_admission_count() {
     )
     .await;
     // THEN the checker reports it
-    let a = audit(&sale.store, &sale.sku).await;
-    assert!(
-        a.violations
-            .iter()
-            .any(|v| v.contains("admission count 2 but 1 units")),
-        "{:?}",
-        a.violations
-    );
+    audit(&sale.store, &sale.sku)
+        .await
+        .assert_violation(|v| v.contains("admission count 2 but 1 units"));
 }
