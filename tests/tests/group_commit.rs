@@ -310,7 +310,16 @@ async fn an_order_is_not_rejected_sold_out_on_a_plan_whose_commit_was_refused() 
     let other = Racer::as_processor(&rig, 1);
     let (other_p, other_c) = (p.clone(), c.clone());
     *lock(&rig.watch().shared.before_commit) = Some(Box::pin(async move {
-        let r = decide_group(&other, &other_p, &[other_c], now_ms(), 0, &no_deadline()).await;
+        let r = decide_group(
+            &other,
+            &other_p,
+            &[other_c],
+            now_ms(),
+            0,
+            &no_deadline(),
+            None,
+        )
+        .await;
         assert_eq!(r.expect("the other batch commits").accepted.len(), 1);
     }));
 
@@ -322,6 +331,7 @@ async fn an_order_is_not_rejected_sold_out_on_a_plan_whose_commit_was_refused() 
         now_ms(),
         0,
         &no_deadline(),
+        None,
     )
     .await
     .expect("decided");
@@ -408,7 +418,7 @@ async fn sale(seed: u64, returns: bool) -> Vec<String> {
                     continue;
                 };
                 if let Err(e) =
-                    decide_group(&rig, &p, &group, now_ms(), start, &no_deadline()).await
+                    decide_group(&rig, &p, &group, now_ms(), start, &no_deadline(), None).await
                 {
                     errors.push(format!("processor {k}: {e}"));
                 }
@@ -527,7 +537,7 @@ async fn decide_within(
     orders: &[Order],
     left: Duration,
 ) -> PortResult<GroupReport> {
-    decide_group(store, p, orders, now_ms(), 0, &deadline_in(left)).await
+    decide_group(store, p, orders, now_ms(), 0, &deadline_in(left), None).await
 }
 
 /// `orders` decided with the invocation's 30 s ahead (28 s to the deadline), which must be

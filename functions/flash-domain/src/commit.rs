@@ -101,29 +101,13 @@ pub struct GroupReport {
 /// retried (a decided order is then a no-op). Throttling and conflicts are retried until
 /// `deadline`; past it the last such error is returned ([`PortError::Contention`] for
 /// conflicts).
+///
+/// `shards`, when given, is what the product's shards held when the caller read them (one
+/// read for a whole batch's products). They are taken as learned values, like those a refused
+/// commit returns: good enough to plan a commit on, whose conditions guard the stock, never to
+/// reject an order on, so a group that cannot take anything from them still reads its shards
+/// again before it tells any buyer no.
 pub async fn decide_group<S, N, P, F>(
-    store: &S,
-    product: &Product,
-    orders: &[Order],
-    now: Millis,
-    start_shard: usize,
-    deadline: &Deadline<N, P>,
-) -> PortResult<GroupReport>
-where
-    S: Store,
-    N: Fn() -> Millis,
-    P: Fn(Duration) -> F,
-    F: Future<Output = ()>,
-{
-    decide_group_from(store, product, orders, now, start_shard, deadline, None).await
-}
-
-/// [`decide_group`] starting from `shards`, what the product's shards held when the caller
-/// read them (one read for a whole batch's products). They are taken as learned values, like
-/// those a refused commit returns: good enough to plan a commit on, whose conditions guard the
-/// stock, never to reject an order on, so a group that cannot take anything from them still
-/// reads its shards again before it tells any buyer no.
-pub async fn decide_group_from<S, N, P, F>(
     store: &S,
     product: &Product,
     orders: &[Order],

@@ -23,7 +23,7 @@ use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::telemetry::{self, Unit};
 use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::clock::{now_ms, Millis};
-use flash_domain::commit::{by_product, decide_group_from, Deadline, GroupReport};
+use flash_domain::commit::{by_product, decide_group, Deadline, GroupReport};
 use flash_domain::expiry::PaymentDue;
 use flash_domain::ports::{PaymentTimeouts, PortError, PortResult, Redelivery, ShardStock, Store};
 use flash_domain::{Order, OrderId, OrderMessage, Product, Reason, Sku};
@@ -218,9 +218,9 @@ impl<S: Store, T: PaymentTimeouts> ProcessOrders<S, T> {
             let known = shards.get(&sku).cloned();
             async move {
                 let result = match &product {
-                    Some(p) => Some(
-                        decide_group_from(&self.store, p, &group, now, start, until, known).await,
-                    ),
+                    Some(p) => {
+                        Some(decide_group(&self.store, p, &group, now, start, until, known).await)
+                    }
                     None => None,
                 };
                 (sku, group, product, result)

@@ -1,11 +1,11 @@
 //! What a sale would cost on AWS, from what each design's run sent, counted where it was sent
 //! (`aws_sim::RequestCounter` under the SDK clients, the buyers' calls, the event source's
-//! invocations) and priced with `prices.rs`: API Gateway HTTP API requests, Lambda invocations
+//! invocations) and priced with `prices.json`: API Gateway HTTP API requests, Lambda invocations
 //! and GB-seconds (memory from template.yaml, each invocation's measured duration rounded up
 //! to the millisecond as Lambda bills it), SQS requests (per 64 KB chunk, with the event
 //! source's empty polls estimated), DynamoDB write and read request units.
 
-use crate::prices::{self, Price};
+use crate::prices::{Price, PRICES};
 use aws_sim::counter::Counted;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -69,30 +69,30 @@ impl Usage {
 
     /// Dollars by service for the whole run.
     pub fn dollars(&self) -> BTreeMap<&'static str, f64> {
-        let per_million = |n: f64, p: Price| n / 1e6 * p.usd;
+        let per_million = |n: f64, p: &Price| n / 1e6 * p.usd;
         let lambda: f64 = self
             .lambda
             .values()
             .map(|f| {
-                per_million(f.invocations as f64, prices::LAMBDA_REQUESTS)
+                per_million(f.invocations as f64, &PRICES.lambda_requests)
                     + f.billed_ms as f64 / 1000.0 * f64::from(f.memory_mb) / 1024.0
-                        * prices::LAMBDA_ARM64_GB_SECOND.usd
+                        * PRICES.lambda_arm64_gb_second.usd
             })
             .sum();
         BTreeMap::from([
             (
                 "api_gateway",
-                per_million(self.api_requests as f64, prices::API_GATEWAY_HTTP_REQUESTS),
+                per_million(self.api_requests as f64, &PRICES.api_gateway_http_requests),
             ),
             ("lambda", lambda),
             (
                 "sqs",
-                per_million(self.sqs_requests() as f64, prices::SQS_STANDARD_REQUESTS),
+                per_million(self.sqs_requests() as f64, &PRICES.sqs_standard_requests),
             ),
             (
                 "dynamodb",
-                per_million(self.write_units, prices::DYNAMODB_WRITE_REQUEST_UNITS)
-                    + per_million(self.read_units(), prices::DYNAMODB_READ_REQUEST_UNITS),
+                per_million(self.write_units, &PRICES.dynamodb_write_request_units)
+                    + per_million(self.read_units(), &PRICES.dynamodb_read_request_units),
             ),
         ])
     }
@@ -151,11 +151,7 @@ fn round6(x: f64) -> f64 {
 
 /// `cost.prices`: every price with the day it was read and its source.
 pub fn prices_json() -> Value {
-    prices::all()
-        .into_iter()
-        .map(|(name, p)| (name.to_owned(), json!(p)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+    json!(*PRICES)
 }
 
 /// The memory template.yaml gives the function whose `CodeUri` is `functions/{binary}`: its

@@ -15,7 +15,7 @@
 //! Every run is rehearsed once, unreported, and every measured run comes after every
 //! rehearsal, in `--measure-order` (recorded as `run_order`). First it measures the local
 //! ceiling (see `ceiling.rs`). It prints the tables, the ratios, the cost per order on AWS
-//! (`cost.rs`, `prices.rs`) and a projection of the ceilings on AWS (`projection.rs`), and
+//! (`cost.rs`, `prices.rs` reading `prices.json`) and a projection of the ceilings on AWS (`projection.rs`), and
 //! writes `--report` (default `.local/reports/bench.json`) and a chart of the designs beside
 //! it (`bench.svg`). `--cold-start` instead measures each function's cold start and adds it to
 //! that report.
