@@ -36,13 +36,10 @@ pub fn svg(sale: &Sale) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn timeline<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    sale: &Sale,
-) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
+/// One panel of the SVG.
+type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn timeline(area: &Panel, sale: &Sale) -> anyhow::Result<()> {
     let t_max = sale
         .decided
         .iter()
@@ -61,15 +58,12 @@ where
         .right_y_label_area_size(70)
         .build_cartesian_2d(0.0..t_max, 0.0..d_max)?
         .set_secondary_coord(0.0..t_max, 0.0..s_max);
-    chart
-        .configure_mesh()
-        .x_desc("time since the sale opened (s)")
-        .y_desc("orders decided (count)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 14))
-        .draw()?;
+    axes(
+        &mut chart,
+        "time since the sale opened (s)",
+        1,
+        "orders decided (count)",
+    )?;
     chart
         .configure_secondary_axes()
         .y_desc("stock left (units)")
@@ -78,19 +72,13 @@ where
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     chart
-        .draw_series(LineSeries::new(
-            sale.decided.iter().copied(),
-            BLUE.stroke_width(2),
-        ))?
+        .draw_series(line(sale.decided, BLUE))?
         .label("orders decided (left axis)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        .legend(swatch(BLUE));
     chart
-        .draw_secondary_series(LineSeries::new(
-            sale.stock.iter().copied(),
-            RED.stroke_width(2),
-        ))?
+        .draw_secondary_series(line(sale.stock, RED))?
         .label("stock left (right axis)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
+        .legend(swatch(RED));
     if let Some(s) = sale.sellout_s {
         mark(&mut chart, s, d_max, GREY, format!("sold out at {s:.2} s"))?;
         chart.draw_series([Text::new(
@@ -103,13 +91,7 @@ where
     legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
-fn histogram<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    latency: &Latencies,
-) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn histogram(area: &Panel, latency: &Latencies) -> anyhow::Result<()> {
     let max = latency.max_ms().max(1.0);
     let width = nice_step(max / 40.0);
     let bins = latency.bins(width);
@@ -129,16 +111,12 @@ where
         .y_label_area_size(70)
         .margin_right(82)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time from order accepted to decided (ms)")
-        .y_desc("orders (count)")
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 14))
-        .draw()?;
+    axes(
+        &mut chart,
+        "time from order accepted to decided (ms)",
+        0,
+        "orders (count)",
+    )?;
     chart
         .draw_series(bins.iter().map(|&(start, n)| {
             Rectangle::new(
@@ -153,6 +131,37 @@ where
         mark(&mut chart, v, y_max, color, format!("{name} {v:.0} ms"))?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// The primary axes, described, their x labels with `x_decimals` decimals and their y labels
+/// whole, without grid lines.
+fn axes<'a>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    x_desc: &str,
+    x_decimals: usize,
+    y_desc: &str,
+) -> anyhow::Result<()> {
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| format!("{v:.x_decimals$}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE.mix(0.0))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
+/// `points` joined by a line of `color`.
+fn line<DB: DrawingBackend>(points: &[(f64, f64)], color: RGBColor) -> LineSeries<DB, (f64, f64)> {
+    LineSeries::new(points.iter().copied(), color.stroke_width(2))
+}
+
+/// The legend's sample of a [`line`] of `color`.
+fn swatch(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
 /// A dashed vertical line at `x`, from 0 to `top`, listed in the legend as `label`.
