@@ -96,28 +96,15 @@ impl CircuitBreaker {
             return;
         };
         let (function, dependency) = (self.function, self.dependency);
-        match to {
-            State::Open => tracing::warn!(
-                function,
-                dependency,
-                from = from.as_str(),
-                to = to.as_str(),
-                "circuit breaker opened: refusing calls for the cool-down"
-            ),
-            State::HalfOpen => tracing::info!(
-                function,
-                dependency,
-                from = from.as_str(),
-                to = to.as_str(),
-                "circuit breaker half-open: letting one probe through"
-            ),
-            State::Closed => tracing::info!(
-                function,
-                dependency,
-                from = from.as_str(),
-                to = to.as_str(),
-                "circuit breaker closed: the probe succeeded"
-            ),
+        let what = match to {
+            State::Open => "circuit breaker opened: refusing calls for the cool-down",
+            State::HalfOpen => "circuit breaker half-open: letting one probe through",
+            State::Closed => "circuit breaker closed: the probe succeeded",
+        };
+        if to == State::Open {
+            tracing::warn!(function, dependency, %from, %to, "{what}");
+        } else {
+            tracing::info!(function, dependency, %from, %to, "{what}");
         }
         let open = if to == State::Closed { 0.0 } else { 1.0 };
         metric(

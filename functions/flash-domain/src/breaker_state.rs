@@ -40,6 +40,12 @@ pub enum State {
     HalfOpen,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -227,6 +233,16 @@ mod tests {
         (Breaker::new(config), Instant::now())
     }
 
+    /// A [`breaker`] opened at `t` by its third failure.
+    fn tripped() -> (Breaker, Instant) {
+        let (mut b, t) = breaker();
+        for _ in 0..3 {
+            b.record(Outcome::Failed, t);
+        }
+        assert_eq!(b.state(), State::Open);
+        (b, t)
+    }
+
     fn change(from: State, to: State) -> Option<Change> {
         Some(Change { from, to })
     }
@@ -274,10 +290,7 @@ mod tests {
 
     #[test]
     fn open_ignores_late_outcomes_and_turns_half_open_after_the_cool_down() {
-        let (mut b, t) = breaker();
-        for _ in 0..3 {
-            b.record(Outcome::Failed, t);
-        }
+        let (mut b, t) = tripped();
         // A call let through before the trip answers late: still open.
         assert_eq!(b.record(Outcome::Answered, t + SEC), None);
         assert_eq!(b.state(), State::Open);
@@ -290,10 +303,7 @@ mod tests {
 
     #[test]
     fn half_open_lets_one_probe_through_and_its_success_closes_it() {
-        let (mut b, t) = breaker();
-        for _ in 0..3 {
-            b.record(Outcome::Failed, t);
-        }
+        let (mut b, t) = tripped();
         let probe_at = t + 6 * SEC;
         assert_eq!(b.permit(probe_at).0, Permit::Probe);
         // Everyone else waits for the probe's answer.
@@ -311,10 +321,7 @@ mod tests {
 
     #[test]
     fn half_open_reopens_for_another_cool_down_when_the_probe_fails() {
-        let (mut b, t) = breaker();
-        for _ in 0..3 {
-            b.record(Outcome::Failed, t);
-        }
+        let (mut b, t) = tripped();
         let probe_at = t + 5 * SEC;
         assert_eq!(b.permit(probe_at).0, Permit::Probe);
         assert_eq!(
@@ -333,10 +340,7 @@ mod tests {
 
     #[test]
     fn an_unused_or_lost_probe_does_not_leave_it_half_open_forever() {
-        let (mut b, t) = breaker();
-        for _ in 0..3 {
-            b.record(Outcome::Failed, t);
-        }
+        let (mut b, t) = tripped();
         assert_eq!(b.permit(t + 5 * SEC).0, Permit::Probe);
         // The request ended without calling the dependency.
         b.release_probe();
