@@ -234,10 +234,7 @@ impl DynamoStore {
 
     pub(super) async fn get_order(&self, id: &OrderId) -> PortResult<Option<Order>> {
         let resp = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(order_key(id)))
+            .get(order_key(id))
             .consistent_read(true)
             .send()
             .await

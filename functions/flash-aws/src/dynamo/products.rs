@@ -62,10 +62,7 @@ fn product_write_refused(
 impl DynamoStore {
     pub(super) async fn get_product(&self, sku: &Sku) -> PortResult<Option<Product>> {
         let resp = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(product_key(sku)))
+            .get(product_key(sku))
             .send()
             .await
             .map_err(sdk("dynamodb GetItem"))?;
@@ -216,21 +213,16 @@ impl DynamoStore {
         // One write to the product item, not a check of every shard: any write that brings
         // stock back raises `restocks`, in its transaction (new stock) or right after it (a
         // return; see `restore` for why that is enough).
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(product_key(&product.sku)))
+        let update = self
+            .update(product_key(&product.sku))
             .update_expression("SET sold_out = :t")
             .condition_expression(
                 "attribute_exists(pk) AND (restocks = :seen OR (attribute_not_exists(restocks) AND :seen = :zero))",
             )
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":seen", n(product.restocks))
-            .expression_attribute_values(":zero", n(0))
-            .set_return_consumed_capacity(self.consumed_capacity())
-            .send()
-            .await;
+            .expression_attribute_values(":zero", n(0));
+        let result = self.update_item(update)?.send().await;
         self.record(&result, 0);
         match result {
             Ok(_) => Ok(true),
@@ -248,18 +240,13 @@ impl DynamoStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(product_key(sku)))
+            let update = self
+                .update(product_key(sku))
                 .update_expression("REMOVE sold_out ADD restocks :one")
                 // Never create a product item out of an order whose product is gone.
                 .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":one", n(1))
-                .set_return_consumed_capacity(self.consumed_capacity())
-                .send()
-                .await;
+                .expression_attribute_values(":one", n(1));
+            let result = self.update_item(update)?.send().await;
             self.record(&result, 0);
             let e = match result {
                 Ok(_) => return Ok(()),

@@ -72,10 +72,7 @@ impl DynamoRateLimit {
     async fn read_rate(&self, user: &UserId) -> PortResult<Option<Micros>> {
         let resp = self
             .store
-            .client
-            .get_item()
-            .table_name(&self.store.table)
-            .set_key(Some(rate_key_in(user, self.sk)))
+            .get(rate_key_in(user, self.sk))
             .projection_expression("tat")
             .consistent_read(true)
             .send()

@@ -1,5 +1,6 @@
-//! The write plumbing every file of the store shares: one builder of an update for both the
-//! transactional and the single-item path, the transaction itself, and the write accounting.
+//! The plumbing every file of the store shares: one read of an item, one builder of an update
+//! for both the transactional and the single-item path, the transaction itself, and the write
+//! accounting.
 
 use super::cancel::Reasons;
 use super::keys::Item;
@@ -7,6 +8,7 @@ use super::write_stats::Consumed;
 use super::DynamoStore;
 use crate::errors::port_error;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
@@ -44,6 +46,14 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    }
+
+    /// A read of the item at `key` (eventually consistent unless the caller asks otherwise).
+    pub(super) fn get(&self, key: Item) -> GetItemFluentBuilder {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
     }
 
     /// One transaction; `stock_items` of its items are stock shards.
