@@ -13,7 +13,7 @@
 //! receives. The rest of the batch still succeeds.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::config::{Aws, ConfigError, Env};
 use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::{DynamoStore, SqsTimeouts};
 use flash_domain::backoff::jittered;
@@ -75,13 +75,10 @@ enum Outcome {
 }
 
 impl ExpireOrders<DynamoStore, SqsTimeouts> {
-    /// The deployed function from its environment: `TABLE_NAME` and
-    /// `PAYMENT_TIMEOUTS_QUEUE_URL`.
+    /// The deployed function from its environment ([`Aws::store_and_timeouts`]).
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
-            store: aws.store(config::table_name(env)?),
-            timeouts: aws.timeouts(config::payment_timeouts_queue_url(env)?),
-        })
+        let (store, timeouts) = aws.store_and_timeouts(env)?;
+        Ok(Self { store, timeouts })
     }
 }
 

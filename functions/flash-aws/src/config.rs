@@ -157,6 +157,13 @@ impl Aws {
     pub fn timeouts(&self, url: &str) -> SqsTimeouts {
         SqsTimeouts::from_config(&self.sdk, url)
     }
+
+    /// What the two functions that schedule or consume payment timeouts need: the table
+    /// (`TABLE_NAME`) and the payment-timeouts queue (`PAYMENT_TIMEOUTS_QUEUE_URL`).
+    pub fn store_and_timeouts(&self, env: &Env) -> Result<(DynamoStore, SqsTimeouts), ConfigError> {
+        let store = self.store(table_name(env)?);
+        Ok((store, self.timeouts(payment_timeouts_queue_url(env)?)))
+    }
 }
 
 /// `TABLE_NAME`: the single table every function reads and writes.

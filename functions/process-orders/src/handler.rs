@@ -18,7 +18,7 @@
 //! (see [`flash_aws::sqs::hand_back`]), not after the queue's 180 s visibility timeout.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::config::{Aws, ConfigError, Env};
 use flash_aws::sqs::{hand_back, parse_records, Receipts};
 use flash_aws::telemetry::{self, Unit};
 use flash_aws::{DynamoStore, SqsTimeouts};
@@ -72,13 +72,10 @@ pub struct ProcessOrders<S, T> {
 }
 
 impl ProcessOrders<DynamoStore, SqsTimeouts> {
-    /// The deployed function from its environment: `TABLE_NAME` and
-    /// `PAYMENT_TIMEOUTS_QUEUE_URL`.
+    /// The deployed function from its environment ([`Aws::store_and_timeouts`]).
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
-            store: aws.store(config::table_name(env)?),
-            timeouts: aws.timeouts(config::payment_timeouts_queue_url(env)?),
-        })
+        let (store, timeouts) = aws.store_and_timeouts(env)?;
+        Ok(Self { store, timeouts })
     }
 }
 
