@@ -3,7 +3,7 @@
 //! buyer, on the owner), returning stock in the same transaction for cancel and refund. A
 //! request that is going to write first takes a token from the caller's rate-limit bucket.
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::config::{self, Aws, Callers, ConfigError, Env};
 use flash_aws::dynamo::DynamoRateLimit;
 use flash_aws::http::{caller, json, json_body, path_param, respond, ApiError, OrderView};
 use flash_aws::DynamoStore;
@@ -39,7 +39,7 @@ impl Deployed {
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
         let table = config::table_name(env)?;
         Ok(AdvanceOrder::new(aws.store(table))
-            .with_rate_limit(aws.rate_limit(table, config::rate_limit(env)?)))
+            .with_rate_limit(aws.rate_limit(env, Callers::Buyers)?))
     }
 }
 

@@ -116,22 +116,23 @@ impl Aws {
         self.table(table).0
     }
 
-    /// `bucket` per caller in `table` (`None`: no limit), the limit a write route takes a
-    /// token from ([`rate_limit`] reads its setting).
-    pub fn rate_limit(&self, table: &str, bucket: Option<TokenBucket>) -> Option<DynamoRateLimit> {
-        let (store, hints) = self.table(table);
-        bucket.map(|bucket| DynamoRateLimit::new(store, bucket, hints))
-    }
-
-    /// As [`Self::rate_limit`], for the admins' write route: buckets of their own
-    /// ([`admin_rate_limit`] reads its setting).
-    pub fn admin_rate_limit(
+    /// The rate limit a write route takes a token from: a bucket per caller of `callers` in
+    /// the table `TABLE_NAME`, sized by their settings ([`rate_limit`]); `None` when those
+    /// turn it off.
+    pub fn rate_limit(
         &self,
-        table: &str,
-        bucket: Option<TokenBucket>,
-    ) -> Option<DynamoRateLimit> {
-        self.rate_limit(table, bucket)
-            .map(DynamoRateLimit::for_admins)
+        env: &Env,
+        callers: Callers,
+    ) -> Result<Option<DynamoRateLimit>, ConfigError> {
+        let Some(bucket) = rate_limit(env, callers)? else {
+            return Ok(None);
+        };
+        let (store, hints) = self.table(table_name(env)?);
+        let limit = DynamoRateLimit::new(store, bucket, hints);
+        Ok(Some(match callers {
+            Callers::Buyers => limit,
+            Callers::Admins => limit.for_admins(),
+        }))
     }
 
     fn table(&self, table: &str) -> (DynamoStore, RateHints) {
@@ -183,16 +184,6 @@ pub fn orders_queue_url(env: &Env) -> Result<&str, ConfigError> {
 pub const RATE_LIMIT_CAPACITY: u32 = 10;
 pub const RATE_LIMIT_PER_SECOND: f64 = 2.0;
 
-/// The per-caller rate limit on write routes: `RATE_LIMIT_CAPACITY` tokens (0 turns the
-/// limit off) refilled at `RATE_LIMIT_PER_SECOND`.
-pub fn rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
-    bucket(
-        env,
-        ("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY),
-        ("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND),
-    )
-}
-
 /// Default admin bucket (`PUT /products`, the products function's only write): a burst of
 /// 1,000 requests, then 500 a second, so a catalog of 5,000 products is created or
 /// restocked in about 8 s. Still a limit, so a runaway script or a leaked admin token cannot
@@ -201,22 +192,31 @@ pub fn rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
 pub const ADMIN_RATE_LIMIT_CAPACITY: u32 = 1_000;
 pub const ADMIN_RATE_LIMIT_PER_SECOND: f64 = 500.0;
 
-/// The per-caller rate limit on admin writes: `ADMIN_RATE_LIMIT_CAPACITY` tokens (0 turns
-/// it off) refilled at `ADMIN_RATE_LIMIT_PER_SECOND` (template parameters
-/// `AdminRateLimitBurst` and `AdminRateLimitPerSecond`).
-pub fn admin_rate_limit(env: &Env) -> Result<Option<TokenBucket>, ConfigError> {
-    bucket(
-        env,
-        ("ADMIN_RATE_LIMIT_CAPACITY", ADMIN_RATE_LIMIT_CAPACITY),
-        ("ADMIN_RATE_LIMIT_PER_SECOND", ADMIN_RATE_LIMIT_PER_SECOND),
-    )
+/// Whose requests a rate limit meters. Each has buckets of its own (an admin's buyer-route
+/// requests, a `ship`, never spend admin tokens, nor the reverse), settings and defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// The buyers' write routes: `RATE_LIMIT_CAPACITY`, `RATE_LIMIT_PER_SECOND`.
+    Buyers,
+    /// The admins' (`PUT /products`): `ADMIN_RATE_LIMIT_CAPACITY`,
+    /// `ADMIN_RATE_LIMIT_PER_SECOND` (template parameters `AdminRateLimitBurst` and
+    /// `AdminRateLimitPerSecond`).
+    Admins,
 }
 
-fn bucket(
-    env: &Env,
-    (capacity_name, capacity): (&'static str, u32),
-    (rate_name, per_second): (&'static str, f64),
-) -> Result<Option<TokenBucket>, ConfigError> {
+/// The per-caller token bucket of `callers`: its capacity (0 turns the limit off) and its
+/// refill a second, from their settings or defaults.
+pub fn rate_limit(env: &Env, callers: Callers) -> Result<Option<TokenBucket>, ConfigError> {
+    let ((capacity_name, capacity), (rate_name, per_second)) = match callers {
+        Callers::Buyers => (
+            ("RATE_LIMIT_CAPACITY", RATE_LIMIT_CAPACITY),
+            ("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND),
+        ),
+        Callers::Admins => (
+            ("ADMIN_RATE_LIMIT_CAPACITY", ADMIN_RATE_LIMIT_CAPACITY),
+            ("ADMIN_RATE_LIMIT_PER_SECOND", ADMIN_RATE_LIMIT_PER_SECOND),
+        ),
+    };
     let capacity = env.parse(capacity_name, capacity)?;
     let per_second = env.parse(rate_name, per_second)?;
     if capacity == 0 {
@@ -311,37 +311,45 @@ pub async fn sdk_config() -> SdkConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_default_rate_limit_is_a_burst_of_10_then_2_a_second() {
-        let bucket = rate_limit(&Env::default())
+    /// The bucket `callers` get by default, as (capacity, refill interval).
+    fn default_bucket(callers: Callers) -> (u32, Duration) {
+        let bucket = rate_limit(&Env::default(), callers)
             .expect("valid defaults")
             .expect("on by default");
-        assert_eq!(bucket.capacity(), 10);
-        assert_eq!(bucket.interval(), Duration::from_millis(500));
+        (bucket.capacity(), bucket.interval())
+    }
+
+    #[test]
+    fn the_default_rate_limit_is_a_burst_of_10_then_2_a_second() {
+        assert_eq!(
+            default_bucket(Callers::Buyers),
+            (10, Duration::from_millis(500))
+        );
     }
 
     #[test]
     fn admins_get_a_bucket_of_their_own_generous_by_default_and_configurable() {
-        let bucket = admin_rate_limit(&Env::default())
-            .expect("valid defaults")
-            .expect("on by default");
-        assert_eq!(bucket.capacity(), 1_000);
-        assert_eq!(bucket.interval(), Duration::from_millis(2));
+        assert_eq!(
+            default_bucket(Callers::Admins),
+            (1_000, Duration::from_millis(2))
+        );
         let env = Env::from_iter([
             ("ADMIN_RATE_LIMIT_CAPACITY", "50"),
             ("ADMIN_RATE_LIMIT_PER_SECOND", "10"),
             // The buyers' knobs do not move it.
             ("RATE_LIMIT_CAPACITY", "1"),
         ]);
-        let bucket = admin_rate_limit(&env).expect("valid").expect("on");
+        let bucket = rate_limit(&env, Callers::Admins)
+            .expect("valid")
+            .expect("on");
         assert_eq!(
             (bucket.capacity(), bucket.interval()),
             (50, Duration::from_millis(100))
         );
         let off = Env::from_iter([("ADMIN_RATE_LIMIT_CAPACITY", "0")]);
-        assert_eq!(admin_rate_limit(&off).expect("valid"), None);
+        assert_eq!(rate_limit(&off, Callers::Admins).expect("valid"), None);
         let bad = Env::from_iter([("ADMIN_RATE_LIMIT_PER_SECOND", "0")]);
-        let e = admin_rate_limit(&bad).expect_err("0 a second refills nothing");
+        let e = rate_limit(&bad, Callers::Admins).expect_err("0 a second refills nothing");
         assert!(e.to_string().contains("ADMIN_RATE_LIMIT_PER_SECOND"), "{e}");
     }
 

@@ -17,7 +17,7 @@
 //! with `Retry-After` at once, before anything is called (save the order read, while only the
 //! SQS breaker is open).
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::config::{self, Aws, Callers, ConfigError, Env};
 use flash_aws::dependency_breaker::CircuitBreaker;
 use flash_aws::dynamo::DynamoRateLimit;
 use flash_aws::http::{caller, header, json, json_body, respond, ApiError, OrderRequest};
@@ -71,7 +71,7 @@ impl Deployed {
         let table = config::table_name(env)?;
         Ok(
             PlaceOrder::new(aws.store(table), aws.queue(config::orders_queue_url(env)?))
-                .with_rate_limit(aws.rate_limit(table, config::rate_limit(env)?))
+                .with_rate_limit(aws.rate_limit(env, Callers::Buyers)?)
                 .with_breakers(config::breakers(env)?)
                 .with_redrive_delay(config::redrive_delay(env)?),
         )

@@ -2,7 +2,7 @@
 //! with an `Idempotency-Key`, a retry adds nothing; rate-limited per caller at the admin
 //! rate) and `GET /products/{sku}` (anyone signed in: what is left).
 
-use flash_aws::config::{self, Aws, ConfigError, Env};
+use flash_aws::config::{self, Aws, Callers, ConfigError, Env};
 use flash_aws::dynamo::DynamoRateLimit;
 use flash_aws::http::{
     caller, json, json_body, optional_header, path_param, respond, ApiError, Caller, ProductView,
@@ -30,8 +30,7 @@ impl Deployed {
     /// The deployed function from its environment: `TABLE_NAME` and the admins' rate limit.
     pub fn from_env(aws: &Aws, env: &Env) -> Result<Self, ConfigError> {
         let table = config::table_name(env)?;
-        Ok(Products::new(aws.store(table))
-            .with_rate_limit(aws.admin_rate_limit(table, config::admin_rate_limit(env)?)))
+        Ok(Products::new(aws.store(table)).with_rate_limit(aws.rate_limit(env, Callers::Admins)?))
     }
 }
 
