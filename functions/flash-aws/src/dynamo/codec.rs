@@ -34,6 +34,19 @@ pub(super) fn malformed(what: &'static str) -> PortError {
     PortError::unavailable("decoding item", Malformed(what))
 }
 
+/// The string attribute `name` as `parse` reads it; `what` names it when it is missing or
+/// does not parse.
+fn decoded<'a, T>(
+    item: &'a Item,
+    name: &str,
+    what: &'static str,
+    parse: impl FnOnce(&'a str) -> Option<T>,
+) -> PortResult<T> {
+    get_s(item, name)
+        .and_then(parse)
+        .ok_or_else(|| malformed(what))
+}
+
 pub(super) fn encode_takes(takes: &[ShardTake]) -> String {
     takes
         .iter()
@@ -58,24 +71,16 @@ fn decode_takes(s: &str) -> Option<Vec<ShardTake>> {
 }
 
 pub fn decode_order(item: &Item) -> PortResult<Order> {
-    let id = get_s(item, "pk")
-        .and_then(order_of)
-        .and_then(|id| OrderId::parse(id).ok())
-        .ok_or_else(|| malformed("order id"))?;
     Ok(Order {
-        id,
-        owner: get_s(item, "owner")
-            .and_then(|u| UserId::parse(u).ok())
-            .ok_or_else(|| malformed("owner"))?,
-        sku: get_s(item, "sku")
-            .and_then(|v| Sku::parse(v).ok())
-            .ok_or_else(|| malformed("sku"))?,
+        id: decoded(item, "pk", "order id", |pk| {
+            OrderId::parse(order_of(pk)?).ok()
+        })?,
+        owner: decoded(item, "owner", "owner", |u| UserId::parse(u).ok())?,
+        sku: decoded(item, "sku", "sku", |v| Sku::parse(v).ok())?,
         quantity: get_n::<u32>(item, "quantity")
             .and_then(|q| Quantity::new(q).ok())
             .ok_or_else(|| malformed("quantity"))?,
-        status: get_s(item, "status")
-            .and_then(OrderStatus::parse)
-            .ok_or_else(|| malformed("status"))?,
+        status: decoded(item, "status", "status", OrderStatus::parse)?,
         reason: get_s(item, "reason").and_then(Reason::parse),
         created_at: get_n(item, "created_at").ok_or_else(|| malformed("created_at"))?,
         updated_at: get_n(item, "updated_at").ok_or_else(|| malformed("updated_at"))?,
@@ -112,12 +117,10 @@ pub fn encode_order(o: &Order) -> Item {
 }
 
 pub fn decode_product(item: &Item) -> PortResult<Product> {
-    let sku = get_s(item, "pk")
-        .and_then(meta_sku)
-        .and_then(|v| Sku::parse(v).ok())
-        .ok_or_else(|| malformed("product sku"))?;
     Ok(Product {
-        sku,
+        sku: decoded(item, "pk", "product sku", |pk| {
+            Sku::parse(meta_sku(pk)?).ok()
+        })?,
         name: get_s(item, "name").unwrap_or_default().to_owned(),
         stock_added: get_n(item, "stock_added").ok_or_else(|| malformed("stock_added"))?,
         per_user_limit: get_n(item, "per_user_limit"),
