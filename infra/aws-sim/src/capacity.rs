@@ -607,6 +607,14 @@ mod tests {
         (model, nanos)
     }
 
+    /// [`manual`], judging what a default [`Mock`] answers.
+    fn judged(budget: f64) -> (CapacityModel, Arc<AtomicU64>, Mock, JudgedConnector) {
+        let (model, clock) = manual(budget);
+        let mock = Mock::default();
+        let conn = mock.connector(&model);
+        (model, clock, mock, conn)
+    }
+
     fn advance(clock: &AtomicU64, by: Duration) {
         clock.fetch_add(by.as_nanos() as u64, Relaxed);
     }
@@ -740,6 +748,11 @@ mod tests {
         request("TransactWriteItems", json!({ "TransactItems": items }))
     }
 
+    /// The status `conn` answers `request` with.
+    async fn status_of(conn: &JudgedConnector, request: HttpRequest) -> u16 {
+        answer(conn, request).await.0
+    }
+
     async fn answer(conn: &JudgedConnector, request: HttpRequest) -> (u16, Value) {
         let response = conn.call(request).await.expect("no connector error");
         let body = response.body().bytes().expect("in-memory body");
@@ -775,11 +788,9 @@ mod tests {
 
     #[tokio::test]
     async fn single_writes_admit_the_burst_then_throttle() {
-        let (model, _clock) = manual(5.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, _clock, mock, conn) = judged(5.0);
         for _ in 0..5 {
-            assert_eq!(answer(&conn, put("PRODUCT#a", "SHARD#000")).await.0, 200);
+            assert_eq!(status_of(&conn, put("PRODUCT#a", "SHARD#000")).await, 200);
         }
         let (status, body) = answer(&conn, update("PRODUCT#a", "SHARD#000")).await;
         assert_eq!(status, 400);
@@ -794,9 +805,7 @@ mod tests {
         );
         // An item in another partition has its own budget.
         assert_eq!(
-            answer(&conn, put("PRODUCT#a#SHARD#001", "SHARD#001"))
-                .await
-                .0,
+            status_of(&conn, put("PRODUCT#a#SHARD#001", "SHARD#001")).await,
             200
         );
         assert_eq!(mock.calls(), 6);
@@ -808,24 +817,22 @@ mod tests {
 
     #[tokio::test]
     async fn budget_refills_over_time_up_to_one_second() {
-        let (model, clock) = manual(5.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, clock, _mock, conn) = judged(5.0);
         for _ in 0..5 {
-            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+            assert_eq!(status_of(&conn, update("p", "s")).await, 200);
         }
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 400);
         advance(&clock, Duration::from_millis(100)); // half a unit
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 400);
         advance(&clock, Duration::from_millis(100)); // one unit
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 200);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 400);
         // A long pause refills one second's budget, no more.
         advance(&clock, Duration::from_secs(60));
         for _ in 0..5 {
-            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+            assert_eq!(status_of(&conn, update("p", "s")).await, 200);
         }
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 400);
         assert_eq!(model.stats().throttles, 4);
         assert_eq!(model.stats().write_units_admitted, 11.0);
     }
@@ -835,18 +842,16 @@ mod tests {
         let model = CapacityModel::new(1000.0, 0.004); // 4 units/s: one every 250 ms
         let conn = Mock::default().connector(&model);
         for _ in 0..4 {
-            assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+            assert_eq!(status_of(&conn, update("p", "s")).await, 200);
         }
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 400);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 400);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(answer(&conn, update("p", "s")).await.0, 200);
+        assert_eq!(status_of(&conn, update("p", "s")).await, 200);
     }
 
     #[tokio::test]
     async fn transaction_items_cost_two_units_each() {
-        let (model, _clock) = manual(4.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, _clock, mock, conn) = judged(4.0);
         // A ConditionCheck costs as much as a write.
         let tx = request(
             "TransactWriteItems",
@@ -858,7 +863,7 @@ mod tests {
                     "pk": { "S": "b" }, "sk": { "S": "1" }, "n": { "N": "1" } } } },
             ]}),
         );
-        assert_eq!(answer(&conn, tx).await.0, 200);
+        assert_eq!(status_of(&conn, tx).await, 200);
         assert_eq!(model.stats().write_units_admitted, 4.0);
         // a and b have 2 units left: one more transaction each.
         assert_eq!(
@@ -876,9 +881,9 @@ mod tests {
         // Nothing of the refused transaction was charged: c still has 2 units.
         assert_eq!(answer(&conn, transact(&[("c", "1")])).await.0, 200);
         // b has 2 units: a single write (1 unit) fits twice, then it is throttled.
-        assert_eq!(answer(&conn, update("b", "1")).await.0, 200);
-        assert_eq!(answer(&conn, update("b", "1")).await.0, 200);
-        assert_eq!(answer(&conn, update("b", "1")).await.0, 400);
+        assert_eq!(status_of(&conn, update("b", "1")).await, 200);
+        assert_eq!(status_of(&conn, update("b", "1")).await, 200);
+        assert_eq!(status_of(&conn, update("b", "1")).await, 400);
         assert_eq!(mock.calls(), 5);
         let stats = model.stats();
         assert_eq!(stats.throttles, 2);
@@ -918,8 +923,11 @@ mod tests {
 
         // Other items are free.
         let other = transact(&[("PRODUCT#x", "SHARD#001"), ("ORDER#3", "ORDER")]);
-        assert_eq!(answer(&conn, other).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#y", "SHARD#000")).await.0, 200);
+        assert_eq!(status_of(&conn, other).await, 200);
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#y", "SHARD#000")).await,
+            200
+        );
         assert_eq!(model.stats().conflicts, 3);
 
         gate.add_permits(1);
@@ -927,8 +935,11 @@ mod tests {
         assert_eq!(response.status().as_u16(), 200);
         // Released with the response.
         let again = transact(&[("ORDER#4", "ORDER"), ("PRODUCT#x", "SHARD#000")]);
-        assert_eq!(answer(&conn, again).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#x", "SHARD#000")).await.0, 200);
+        assert_eq!(status_of(&conn, again).await, 200);
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#x", "SHARD#000")).await,
+            200
+        );
         assert_eq!(mock.calls(), 5);
         assert_eq!(model.stats().conflicts, 3);
         assert_eq!(model.stats().throttles, 0);
@@ -940,7 +951,7 @@ mod tests {
         let (mock, _gate) = Mock::holding("HOLD");
         let conn = mock.connector(&model);
         let pending = conn.call(transact(&[("HOLD", "1")]));
-        assert_eq!(answer(&conn, update("HOLD", "1")).await.0, 400);
+        assert_eq!(status_of(&conn, update("HOLD", "1")).await, 400);
         drop(pending); // e.g. the SDK's attempt timeout
         let (mock2, _) = Mock::holding("never");
         let conn2 = mock2.connector(&model);
@@ -950,9 +961,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_and_other_services_are_never_charged() {
-        let (model, _clock) = manual(2.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, _clock, mock, conn) = judged(2.0);
         let k = key("PRODUCT#a", "META");
         for _ in 0..10 {
             for (op, body) in [
@@ -970,34 +979,44 @@ mod tests {
                     json!({ "TransactItems": [{ "Get": { "TableName": TABLE, "Key": k } }] }),
                 ),
             ] {
-                assert_eq!(answer(&conn, request(op, body)).await.0, 200);
+                assert_eq!(status_of(&conn, request(op, body)).await, 200);
             }
             let mut sqs = HttpRequest::new(SdkBody::from(r#"{"QueueUrl":"q"}"#));
             sqs.headers_mut()
                 .insert("x-amz-target", "AmazonSQS.SendMessage");
-            assert_eq!(answer(&conn, sqs).await.0, 200);
+            assert_eq!(status_of(&conn, sqs).await, 200);
             let mut plain = HttpRequest::new(SdkBody::from("{}"));
             plain.set_uri("http://169.254.169.254/latest").unwrap();
-            assert_eq!(answer(&conn, plain).await.0, 200);
+            assert_eq!(status_of(&conn, plain).await, 200);
         }
         assert_eq!(mock.calls(), 60);
         assert_eq!(model.stats(), CapacityStats::default());
         // The item's budget is untouched.
-        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#a", "META")).await.0, 400);
+        assert_eq!(status_of(&conn, update("PRODUCT#a", "META")).await, 200);
+        assert_eq!(status_of(&conn, update("PRODUCT#a", "META")).await, 200);
+        assert_eq!(status_of(&conn, update("PRODUCT#a", "META")).await, 400);
     }
 
     #[tokio::test]
     async fn items_sharing_a_partition_key_share_its_budget_and_others_do_not() {
-        let (model, _clock) = manual(4.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, _clock, mock, conn) = judged(4.0);
         // Two items of one partition: 4 units between them, though each item has 4 of its own.
-        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#000")).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#001")).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#000")).await.0, 200);
-        assert_eq!(answer(&conn, update("PRODUCT#a", "SHARD#001")).await.0, 200);
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#a", "SHARD#000")).await,
+            200
+        );
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#a", "SHARD#001")).await,
+            200
+        );
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#a", "SHARD#000")).await,
+            200
+        );
+        assert_eq!(
+            status_of(&conn, update("PRODUCT#a", "SHARD#001")).await,
+            200
+        );
         let (status, body) = answer(&conn, update("PRODUCT#a", "SHARD#001")).await;
         assert_eq!((status, error_type(&body)), (400, "ThrottlingException"));
         // A transaction touching the partition is refused on that item only.
@@ -1011,22 +1030,16 @@ mod tests {
         // Two items with partition keys of their own: 4 units each, all used.
         for _ in 0..4 {
             assert_eq!(
-                answer(&conn, update("PRODUCT#b#SHARD#000", "SHARD#000"))
-                    .await
-                    .0,
+                status_of(&conn, update("PRODUCT#b#SHARD#000", "SHARD#000")).await,
                 200
             );
             assert_eq!(
-                answer(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001"))
-                    .await
-                    .0,
+                status_of(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001")).await,
                 200
             );
         }
         assert_eq!(
-            answer(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001"))
-                .await
-                .0,
+            status_of(&conn, update("PRODUCT#b#SHARD#001", "SHARD#001")).await,
             400
         );
         assert_eq!(mock.calls(), 12);
@@ -1036,7 +1049,7 @@ mod tests {
             .with_key_attributes(&["id"]);
         let conn = Mock::default().connector(&model);
         for (pk, sk) in [("x", "1"), ("x", "2"), ("x", "1"), ("x", "2")] {
-            assert_eq!(answer(&conn, update(pk, sk)).await.0, 200);
+            assert_eq!(status_of(&conn, update(pk, sk)).await, 200);
         }
     }
 
@@ -1059,23 +1072,21 @@ mod tests {
             "DeleteItem",
             json!({ "TableName": TABLE, "Key": { "sk": { "S": "ORDER" }, "pk": { "S": "ORDER#1" } } }),
         );
-        assert_eq!(answer(&conn, put_a).await.0, 200);
-        assert_eq!(answer(&conn, put_b).await.0, 200);
-        assert_eq!(answer(&conn, delete).await.0, 200);
-        assert_eq!(answer(&conn, update("ORDER#1", "ORDER")).await.0, 400);
+        assert_eq!(status_of(&conn, put_a).await, 200);
+        assert_eq!(status_of(&conn, put_b).await, 200);
+        assert_eq!(status_of(&conn, delete).await, 200);
+        assert_eq!(status_of(&conn, update("ORDER#1", "ORDER")).await, 400);
         // Same key in another table is another item.
         let other = request(
             "UpdateItem",
             json!({ "TableName": "other", "Key": key("ORDER#1", "ORDER") }),
         );
-        assert_eq!(answer(&conn, other).await.0, 200);
+        assert_eq!(status_of(&conn, other).await, 200);
     }
 
     #[tokio::test]
     async fn batch_write_charges_each_item_and_is_refused_whole() {
-        let (model, _clock) = manual(2.0);
-        let mock = Mock::default();
-        let conn = mock.connector(&model);
+        let (model, _clock, mock, conn) = judged(2.0);
         let batch = |n: usize| {
             let writes: Vec<Value> = (0..n)
                 .map(|i| {
@@ -1093,9 +1104,9 @@ mod tests {
                 json!({ "RequestItems": { TABLE: writes } }),
             )
         };
-        assert_eq!(answer(&conn, batch(3)).await.0, 200);
+        assert_eq!(status_of(&conn, batch(3)).await, 200);
         assert_eq!(model.stats().write_units_admitted, 4.0);
-        assert_eq!(answer(&conn, batch(1)).await.0, 200);
+        assert_eq!(status_of(&conn, batch(1)).await, 200);
         let (status, body) = answer(&conn, batch(1)).await;
         assert_eq!((status, error_type(&body)), (400, "ThrottlingException"));
         assert_eq!(mock.calls(), 2);
