@@ -615,6 +615,36 @@ mod tests {
         (model, clock, mock, conn)
     }
 
+    /// [`judged`], through the SDK's DynamoDB client.
+    fn judged_by_sdk(
+        budget: f64,
+    ) -> (
+        CapacityModel,
+        Arc<AtomicU64>,
+        Mock,
+        aws_sdk_dynamodb::Client,
+    ) {
+        let (model, clock) = manual(budget);
+        let mock = Mock::default();
+        let client = mock.sdk_client(&model);
+        (model, clock, mock, client)
+    }
+
+    /// One transaction through the SDK, updating the item (`pk`, `sk`).
+    async fn transact_one(
+        client: &aws_sdk_dynamodb::Client,
+        pk: &str,
+        sk: &str,
+    ) -> Result<(), String> {
+        client
+            .transact_write_items()
+            .transact_items(sdk_update(pk, sk))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
     fn advance(clock: &AtomicU64, by: Duration) {
         clock.fetch_add(by.as_nanos() as u64, Relaxed);
     }
@@ -1001,22 +1031,12 @@ mod tests {
     async fn items_sharing_a_partition_key_share_its_budget_and_others_do_not() {
         let (model, _clock, mock, conn) = judged(4.0);
         // Two items of one partition: 4 units between them, though each item has 4 of its own.
-        assert_eq!(
-            status_of(&conn, update("PRODUCT#a", "SHARD#000")).await,
-            200
-        );
-        assert_eq!(
-            status_of(&conn, update("PRODUCT#a", "SHARD#001")).await,
-            200
-        );
-        assert_eq!(
-            status_of(&conn, update("PRODUCT#a", "SHARD#000")).await,
-            200
-        );
-        assert_eq!(
-            status_of(&conn, update("PRODUCT#a", "SHARD#001")).await,
-            200
-        );
+        let (s0, s1) = (("PRODUCT#a", "SHARD#000"), ("PRODUCT#a", "SHARD#001"));
+        let mut first_four = Vec::new();
+        for (pk, sk) in [s0, s1, s0, s1] {
+            first_four.push(status_of(&conn, update(pk, sk)).await);
+        }
+        assert_eq!(first_four, [200; 4]);
         let (status, body) = answer(&conn, update("PRODUCT#a", "SHARD#001")).await;
         assert_eq!((status, error_type(&body)), (400, "ThrottlingException"));
         // A transaction touching the partition is refused on that item only.
@@ -1191,24 +1211,16 @@ mod tests {
         held.await
             .expect("joined")
             .expect("first transaction succeeds");
-        client
-            .transact_write_items()
-            .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
-            .send()
+        transact_one(&client, "PRODUCT#x", "SHARD#000")
             .await
             .expect("free again");
     }
 
     #[tokio::test]
     async fn sdk_decodes_synthetic_transaction_throttles() {
-        let (model, _clock) = manual(4.0);
-        let mock = Mock::default();
-        let client = mock.sdk_client(&model);
+        let (model, _clock, mock, client) = judged_by_sdk(4.0);
         for _ in 0..2 {
-            client
-                .transact_write_items()
-                .transact_items(sdk_update("PRODUCT#x", "SHARD#000"))
-                .send()
+            transact_one(&client, "PRODUCT#x", "SHARD#000")
                 .await
                 .expect("within budget");
         }
@@ -1240,9 +1252,7 @@ mod tests {
 
     #[tokio::test]
     async fn sdk_retries_single_item_throttles_then_fails() {
-        let (model, clock) = manual(2.0);
-        let mock = Mock::default();
-        let client = mock.sdk_client(&model);
+        let (model, clock, mock, client) = judged_by_sdk(2.0);
         let put = || {
             client
                 .put_item()
