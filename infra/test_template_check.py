@@ -28,8 +28,7 @@ _spec.loader.exec_module(template_check)
 # What the operations checks want of any template, so that the security tests below see
 # only their own findings: every function canaried, every HTTP API throttled, data kept, the
 # reconciler alarm.
-HEADER = """\
-AWSTemplateFormatVersion: "2010-09-09"
+GLOBALS = """\
 Transform: AWS::Serverless-2016-10-31
 Globals:
   Function:
@@ -37,6 +36,20 @@ Globals:
     DeploymentPreference: {Type: Canary10Percent5Minutes, Alarms: [!Ref Reconciler]}
   HttpApi:
     DefaultRouteSettings: {ThrottlingBurstLimit: 20, ThrottlingRateLimit: 10}
+"""
+RECONCILER_ALARM = """\
+  Reconciler:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Namespace: FlashSale
+      MetricName: ReconcilerViolations
+      Statistic: Sum
+      Period: 300
+      EvaluationPeriods: 1
+      Threshold: 0
+      ComparisonOperator: GreaterThanThreshold
+"""
+HEADER = 'AWSTemplateFormatVersion: "2010-09-09"\n' + GLOBALS + """\
 Resources:
   Api:
     Type: AWS::Serverless::HttpApi
@@ -59,17 +72,7 @@ Resources:
     Type: AWS::SQS::Queue
     DeletionPolicy: Retain
     UpdateReplacePolicy: Retain
-  Reconciler:
-    Type: AWS::CloudWatch::Alarm
-    Properties:
-      Namespace: FlashSale
-      MetricName: ReconcilerViolations
-      Statistic: Sum
-      Period: 300
-      EvaluationPeriods: 1
-      Threshold: 0
-      ComparisonOperator: GreaterThanThreshold
-"""
+""" + RECONCILER_ALARM
 
 # Everything a finding-free function may do: scoped statements, a wildcard under one of our
 # resources, a narrow SAM template and managed policy, X-Ray on "*", a route with the default
@@ -102,6 +105,17 @@ GOOD_FUNCTION = """\
               Action: "*"
               Resource: "*"
 """
+
+def route_function(event: str, properties: str) -> str:
+    """A function `Fn` whose only event is the HTTP API route `event` with `properties`."""
+    return f"""\
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Events:
+        {event}: {{Type: HttpApi, Properties: {properties}}}
+"""
+
 
 # One function with every kind of finding, each on a line of its own.
 BAD_FUNCTION = """\
@@ -224,46 +238,17 @@ class TemplateCheckTest(unittest.TestCase):
         self.assertEqual(len(found), len(EXPECTED_BAD), "\n".join(found))
 
     def test_a_route_on_an_api_without_default_authorizer_needs_its_own(self) -> None:
-        text = HEADER + """\
-  Fn:
-    Type: AWS::Serverless::Function
-    Properties:
-      Events:
-        Own:
-          Type: HttpApi
-          Properties: {ApiId: !Ref OpenApi, Method: GET, Path: /x, Auth: {Authorizer: Jwt}}
-"""
+        text = HEADER + route_function("Own", "{ApiId: !Ref OpenApi, Method: GET, Path: /x, Auth: {Authorizer: Jwt}}")
         self.assertEqual(findings_of(text), ["Fn.Events.Own: route GET /x uses authorizer Jwt, which OpenApi does not define"])
 
     def test_the_implicit_api_takes_its_default_authorizer_from_globals(self) -> None:
-        text = """\
-Transform: AWS::Serverless-2016-10-31
-Globals:
-  Function:
-    AutoPublishAlias: live
-    DeploymentPreference: {Type: Linear10PercentEvery1Minute, Alarms: [!Ref Reconciler]}
-  HttpApi:
-    DefaultRouteSettings: {ThrottlingBurstLimit: 20, ThrottlingRateLimit: 10}
+        text = GLOBALS + """\
     Auth:
       DefaultAuthorizer: Jwt
       Authorizers:
         Jwt: {JwtConfiguration: {issuer: https://issuer.example, audience: [api]}}
 Resources:
-  Reconciler:
-    Type: AWS::CloudWatch::Alarm
-    Properties:
-      Namespace: FlashSale
-      MetricName: ReconcilerViolations
-      Threshold: 1
-      ComparisonOperator: GreaterThanOrEqualToThreshold
-  Fn:
-    Type: AWS::Serverless::Function
-    Properties:
-      Events:
-        Implicit:
-          Type: HttpApi
-          Properties: {Method: GET, Path: /x}
-"""
+""" + RECONCILER_ALARM + route_function("Implicit", "{Method: GET, Path: /x}")
         self.assertEqual(findings_of(text), [])
         self.assertEqual(
             findings_of(text.replace("DefaultAuthorizer: Jwt", "EnableIamAuthorizer: false")),
