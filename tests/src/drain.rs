@@ -4,10 +4,9 @@
 
 use crate::fixtures::sqs_event;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
+use aws_sdk_sqs::types::{Message, QueueAttributeName};
 use aws_sdk_sqs::Client;
 use expire_orders::ExpireOrders;
-use flash_domain::limits::SQS_MAX_BATCH_ENTRIES;
 use flash_domain::ports::{PaymentTimeouts, Store};
 use process_orders::{BatchReport, ProcessOrders};
 use std::collections::HashSet;
@@ -71,25 +70,14 @@ pub async fn receive_batch(sqs: &Client, url: &str, batch_size: usize) -> Vec<Me
 }
 
 pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
-    for chunk in msgs.chunks(SQS_MAX_BATCH_ENTRIES) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .build()
-                    .expect("entry")
-            })
-            .collect::<Vec<_>>();
-        sqs.delete_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .expect("DeleteMessageBatch");
-    }
+    let handles: Vec<&str> = msgs.iter().filter_map(|m| m.receipt_handle()).collect();
+    let done = flash_aws::sqs::delete_messages(sqs, url, &handles).await;
+    assert!(done.not_deleted.is_empty(), "{:?}", done.not_deleted);
+    assert_eq!(
+        done.deleted,
+        msgs.len(),
+        "a message without a receipt handle"
+    );
 }
 
 /// The messages in the queue counted by `counts` (`ApproximateNumberOfMessages...`), summed; a

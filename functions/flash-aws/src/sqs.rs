@@ -1,8 +1,11 @@
 //! The SQS side of the functions: sending order messages, reading a batch's records, the
-//! partial-batch answer, and handing the failed records back to come again within seconds.
+//! partial-batch answer, and handing the failed records back to come again within seconds; and
+//! the batched delete the local event source and `flashctl` share.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use flash_domain::clock::Millis;
 use flash_domain::limits::{SQS_MAX_BATCH_ENTRIES, SQS_MAX_DELAY_SECONDS};
@@ -369,4 +372,58 @@ mod tests {
         hand_back(&fake, &Receipts::of(&batch), &batch_response(vec![])).await;
         assert!(fake.calls.into_inner().unwrap().is_empty());
     }
+}
+
+/// What [`delete_messages`] did: how many messages SQS deleted, and why each of the others was
+/// not (an entry refused, or a whole call that failed). Those come again after their
+/// visibility timeout.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub deleted: usize,
+    pub not_deleted: Vec<String>,
+}
+
+/// Deletes the messages whose receipt handles are `handles` from the queue at `url`:
+/// `DeleteMessageBatch` calls of at most [`SQS_MAX_BATCH_ENTRIES`], sent together.
+pub async fn delete_messages(client: &Client, url: &str, handles: &[&str]) -> Deleted {
+    let calls = handles
+        .chunks(SQS_MAX_BATCH_ENTRIES)
+        .map(|chunk| async move {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*handle)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("building DeleteMessageBatch: {e}"))?;
+            client
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    let e = aws_sdk_sqs::error::DisplayErrorContext(e);
+                    format!("DeleteMessageBatch of {} failed: {e}", chunk.len())
+                })
+        });
+    let mut done = Deleted::default();
+    for result in futures::future::join_all(calls).await {
+        match result {
+            Ok(out) => {
+                done.deleted += out.successful().len();
+                done.not_deleted.extend(
+                    out.failed()
+                        .iter()
+                        .map(|f| format!("entry {} refused: {}", f.id(), f.code())),
+                );
+            }
+            Err(e) => done.not_deleted.push(e),
+        }
+    }
+    done
 }

@@ -7,12 +7,12 @@
 use crate::output::Out;
 use crate::target::Target;
 use anyhow::{anyhow, Context, Result};
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
-};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use clap::{Subcommand, ValueEnum};
+use flash_aws::sqs::SqsQueue;
+use flash_domain::ports::Redelivery;
 use serde_json::json;
+use std::time::Duration;
 
 /// How long a listed message stays hidden while the listing goes on (released at the end).
 const LIST_VISIBILITY_S: i32 = 30;
@@ -96,27 +96,11 @@ async fn list(target: &Target, which: Which, out: Out) -> Result<()> {
         seen.extend(batch);
     }
     // Visible again at once: listing takes nothing out of the DLQ.
-    for chunk in seen.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle()?)
-                    .visibility_timeout(0)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        sqs.change_message_visibility_batch()
-            .queue_url(dlq)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(aws_sdk_sqs::Error::from)
-            .context("sqs ChangeMessageVisibilityBatch")?;
-    }
+    let now: Vec<(String, Duration)> = seen
+        .iter()
+        .filter_map(|m| Some((m.receipt_handle()?.to_owned(), Duration::ZERO)))
+        .collect();
+    SqsQueue::new(sqs, dlq).redeliver_after(&now).await?;
     let attr = |m: &Message, k: MessageSystemAttributeName| {
         m.attributes()
             .and_then(|a| a.get(&k))
@@ -180,27 +164,17 @@ async fn redrive(target: &Target, which: Which, out: Out) -> Result<()> {
             .map_err(aws_sdk_sqs::Error::from)
             .context("sqs SendMessageBatch")?;
         // Only what reached the source queue leaves the DLQ.
-        let deletes = sent
+        let handles: Vec<&str> = sent
             .successful()
             .iter()
-            .filter_map(|ok| {
-                let m = batch.get(ok.id().parse::<usize>().ok()?)?;
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(ok.id())
-                    .receipt_handle(m.receipt_handle()?)
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
-        moved += deletes.len();
-        if !deletes.is_empty() {
-            sqs.delete_message_batch()
-                .queue_url(dlq)
-                .set_entries(Some(deletes))
-                .send()
-                .await
-                .map_err(aws_sdk_sqs::Error::from)
-                .context("sqs DeleteMessageBatch")?;
+            .filter_map(|ok| batch.get(ok.id().parse::<usize>().ok()?)?.receipt_handle())
+            .collect();
+        let deleted = flash_aws::sqs::delete_messages(&sqs, dlq, &handles).await;
+        moved += deleted.deleted;
+        if let Some(why) = deleted.not_deleted.first() {
+            return Err(anyhow!(
+                "moved {moved}, then a message stayed in the DLQ as well: {why}"
+            ));
         }
         if let Some(f) = sent.failed().first() {
             return Err(anyhow!(

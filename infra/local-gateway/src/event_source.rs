@@ -9,9 +9,7 @@
 use crate::config::SqsMapping;
 use crate::functions::SqsFunction;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 use base64::Engine as _;
 use flash_domain::clock::{now_ms, Millis};
 use flash_domain::limits::{LAMBDA_MAX_PAYLOAD_BYTES, SQS_MAX_BATCH_ENTRIES};
@@ -286,46 +284,17 @@ impl EventSource {
 
     /// Deletes in batches of ten, all at once; returns how many were deleted.
     async fn delete(&self, messages: &[&Message]) -> usize {
-        let calls = messages.chunks(SQS_MAX_BATCH_ENTRIES).map(|chunk| {
-            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .set_receipt_handle(m.receipt_handle().map(str::to_owned))
-                        .build()
-                        .ok()
-                })
-                .collect();
-            self.client
-                .delete_message_batch()
-                .queue_url(&self.mapping.queue_url)
-                .set_entries(Some(entries))
-                .send()
-        });
-        let mut deleted = 0;
-        for result in futures::future::join_all(calls).await {
-            match result {
-                Ok(output) => {
-                    deleted += output.successful().len();
-                    for failure in output.failed() {
-                        tracing::warn!(
-                            function = self.mapping.function,
-                            id = failure.id(),
-                            code = failure.code(),
-                            "delete failed; the message will be delivered again"
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    function = self.mapping.function,
-                    error = %aws_sdk_sqs::error::DisplayErrorContext(e),
-                    "DeleteMessageBatch failed; those messages will be delivered again"
-                ),
-            }
+        let handles: Vec<&str> = messages.iter().filter_map(|m| m.receipt_handle()).collect();
+        let done =
+            flash_aws::sqs::delete_messages(&self.client, &self.mapping.queue_url, &handles).await;
+        for why in &done.not_deleted {
+            tracing::warn!(
+                function = self.mapping.function,
+                why,
+                "not deleted; the message will be delivered again"
+            );
         }
-        deleted
+        done.deleted
     }
 }
 
