@@ -76,7 +76,7 @@ pub async fn delete(sqs: &Client, url: &str, msgs: &[&Message]) {
     assert_eq!(
         done.deleted,
         msgs.len(),
-        "a message without a receipt handle"
+        "messages deleted of those received"
     );
 }
 
