@@ -331,17 +331,27 @@ mod tests {
             prop_assert_eq!(matches!(due(&o, now), Due::Expire(_)), t.holds(Some(expires_at), now));
         }
 
-        /// A message sent with the delay never arrives before the deadline, unless the cap
-        /// cut it short, and never more than a second after it.
+        /// A message sent with the delay never arrives before a deadline SQS can reach, and
+        /// never a second after it; a deadline beyond SQS's longest delay gets that delay, and
+        /// the message arrives before it (its receiver sends it again).
         #[test]
         fn the_delay_reaches_the_deadline_within_a_second(expires_at in 0i64..3_000_000, now in 0i64..3_000_000) {
-            let arrives = now + i64::from(delay_seconds(expires_at, now)) * 1000;
-            if delay_seconds(expires_at, now) < SQS_MAX_DELAY_SECONDS {
+            let delay = delay_seconds(expires_at, now);
+            let arrives = now + i64::from(delay) * 1000;
+            if expires_at - now <= i64::from(SQS_MAX_DELAY_SECONDS) * 1000 {
                 prop_assert!(arrives >= expires_at);
                 prop_assert!(arrives < expires_at.max(now) + 1000);
             } else {
-                prop_assert!(arrives <= expires_at);
+                prop_assert_eq!(delay, SQS_MAX_DELAY_SECONDS);
+                prop_assert!(arrives < expires_at);
             }
+        }
+
+        /// The edge a random search rarely hits: a deadline 899.001 to 900 s away gets exactly
+        /// SQS's longest delay, rounded up and not cut short.
+        #[test]
+        fn a_deadline_just_within_reach_is_rounded_up_to_the_longest_delay(ms in 899_001i64..=900_000) {
+            prop_assert_eq!(delay_seconds(1_000_000 + ms, 1_000_000), SQS_MAX_DELAY_SECONDS);
         }
     }
 }
