@@ -62,6 +62,25 @@ pub fn announce(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
+/// Stack for a fault suite's threads. A debug build polls each scenario (every function's
+/// handler inside, under failpoints and SDK fault layers) through many frames, and how deep
+/// depends on which faults and races a run meets: the test harness's 2 MiB is not always
+/// enough.
+pub const SUITE_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `suite` on a thread of its own with [`SUITE_STACK_BYTES`] of stack; its panic, if any,
+/// is the caller's.
+pub fn on_a_deep_stack(suite: impl FnOnce() + Send + 'static) {
+    let thread = std::thread::Builder::new()
+        .name("fault-suite".into())
+        .stack_size(SUITE_STACK_BYTES)
+        .spawn(suite)
+        .expect("a thread for the suite");
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// The SQS event a consumer gets for `batch`.
 pub fn delivered(batch: &[Delivery]) -> SqsEvent {
     sqs_event(

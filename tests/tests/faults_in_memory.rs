@@ -310,6 +310,10 @@ async fn fake_scenario(run: u64, i: usize, coverage: &mut Coverage) {
 
 #[test]
 fn faults_against_the_fakes_keep_every_invariant() {
+    on_a_deep_stack(fake_suite);
+}
+
+fn fake_suite() {
     let run = run_seed();
     announce(&format!(
         "fault suite (in-memory store and SQS): FAULT_SEED={run}, {FAKE_SCENARIOS} scenarios; \

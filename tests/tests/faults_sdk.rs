@@ -622,6 +622,10 @@ async fn live_scenario(run: u64, i: usize, stack: &Stack) -> LiveReport {
 
 #[test]
 fn sdk_faults_against_dynamodb_local_keep_every_invariant() {
+    on_a_deep_stack(sdk_suite);
+}
+
+fn sdk_suite() {
     let run = run_seed();
     announce(&format!(
         "fault suite (DynamoDB Local + fauxqs over HTTP): FAULT_SEED={run}, {SDK_SCENARIOS} \
@@ -633,6 +637,7 @@ fn sdk_faults_against_dynamodb_local_keep_every_invariant() {
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
+        .thread_stack_size(SUITE_STACK_BYTES)
         .enable_all()
         .build()
         .expect("a runtime");
