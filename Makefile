@@ -59,13 +59,16 @@ stack-down: | $(VENV)/.installed
 # TEST_BUILD_FUNCTIONS: which functions `make test` builds with `make build` (each release
 # build of a further function adds 2-3 minutes; empty builds them all).
 TEST_BUILD_FUNCTIONS ?= PlaceOrderFunction
+# Test threads get 16 MiB of stack: a debug build polls a whole handler's future through many
+# frames, more than the harness's 2 MiB leaves room for on some runs.
+TEST_STACK_BYTES := 16777216
 test: tools
 	cargo build --workspace --all-targets --locked
 	$(MAKE) --no-print-directory lint-template
 	$(MAKE) --no-print-directory build FUNCTIONS="$(TEST_BUILD_FUNCTIONS)"
 	$(PY) infra/stack.py up --state $(STATE) >/dev/null
 	trap '$(PY) infra/stack.py down --state $(STATE)' EXIT; \
-	STACK_ENV=$(CURDIR)/$(STATE)/stack.env cargo test --workspace --locked; \
+	STACK_ENV=$(CURDIR)/$(STATE)/stack.env RUST_MIN_STACK=$(TEST_STACK_BYTES) cargo test --workspace --locked; \
 	$(PY) infra/lambda-runtime-check.py $(STATE)/stack.env; \
 	$(PY) infra/api-check.py --state $(STATE) --gateway-bin target/debug/local-gateway
 	$(PY) infra/test_template_check.py
