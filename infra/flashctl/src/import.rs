@@ -125,10 +125,7 @@ async fn import_row(target: &Target, handler: &Handler, row: &Row) -> Result<Out
     let store = target.store();
     let record = keys::import_key(&row.key);
     let done = store
-        .client()
-        .get_item()
-        .table_name(store.table())
-        .set_key(Some(record.clone()))
+        .get(record.clone())
         .consistent_read(true)
         .send()
         .await

@@ -36,7 +36,7 @@ pub(super) fn malformed(what: &'static str) -> PortError {
 
 /// The string attribute `name` as `parse` reads it; `what` names it when it is missing or
 /// does not parse.
-fn decoded<'a, T>(
+pub(super) fn decoded<'a, T>(
     item: &'a Item,
     name: &str,
     what: &'static str,

@@ -3,7 +3,7 @@
 //! refusal into what the planner needs to try again.
 
 use super::cancel::{canceled_error, is_ccf, is_conflict};
-use super::codec::{encode_takes, get_n, get_s, malformed, n, s};
+use super::codec::{decoded, encode_takes, get_n, n, s};
 use super::keys::{buyer_key, buyer_of, order_key, shard_key};
 use super::writes::TxFailure;
 use super::DynamoStore;
@@ -21,10 +21,9 @@ impl DynamoStore {
         let keys = users.iter().map(|u| buyer_key(sku, u)).collect();
         let mut out = HashMap::new();
         for item in self.batch_get(keys).await? {
-            let user = get_s(&item, "sk")
-                .and_then(buyer_of)
-                .and_then(|u| UserId::parse(u).ok())
-                .ok_or_else(|| malformed("buyer key"))?;
+            let user = decoded(&item, "sk", "buyer key", |sk| {
+                UserId::parse(buyer_of(sk)?).ok()
+            })?;
             out.insert(user, get_n(&item, "units").unwrap_or(0));
         }
         Ok(out)

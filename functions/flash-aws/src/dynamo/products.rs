@@ -2,7 +2,7 @@
 //! record in the same transaction), set and clear the sold-out flag, read the shards.
 
 use super::cancel::{canceled_error, is_ccf, Reasons};
-use super::codec::{decode_product, encode_product, get_n, get_s, malformed, n, s};
+use super::codec::{decode_product, decoded, encode_product, get_n, get_s, malformed, n, s};
 use super::keys::{product_key, product_of, restock_key, shard_key, shard_of, Item};
 use super::returns::{RETURN_BACKOFF, RETURN_BACKOFF_CAP};
 use super::writes::{sdk, TxFailure};
@@ -296,13 +296,10 @@ impl DynamoStore {
 
 /// A shard item: its product's SKU and what it holds.
 fn decode_shard(item: &Item) -> PortResult<(Sku, ShardStock)> {
-    let sku = get_s(item, "pk")
-        .and_then(product_of)
-        .and_then(|s| Sku::parse(s).ok())
-        .ok_or_else(|| malformed("shard pk"))?;
-    let shard = get_s(item, "sk")
-        .and_then(shard_of)
-        .ok_or_else(|| malformed("shard key"))?;
+    let sku = decoded(item, "pk", "shard pk", |pk| {
+        Sku::parse(product_of(pk)?).ok()
+    })?;
+    let shard = decoded(item, "sk", "shard key", shard_of)?;
     let available = get_n(item, "available").ok_or_else(|| malformed("available"))?;
     Ok((sku, ShardStock { shard, available }))
 }

@@ -49,7 +49,7 @@ impl DynamoStore {
     }
 
     /// A read of the item at `key` (eventually consistent unless the caller asks otherwise).
-    pub(super) fn get(&self, key: Item) -> GetItemFluentBuilder {
+    pub fn get(&self, key: Item) -> GetItemFluentBuilder {
         self.client
             .get_item()
             .table_name(&self.table)
