@@ -402,8 +402,11 @@ async fn report(
     let write_units = after.write_units_admitted - before.write_units_admitted;
     usage.write_units = write_units;
     let stock_item_writes: u64 = hots.iter().map(|h| h.stock_writes.load(Relaxed)).sum();
+    let (demand_met_s, sellout_lag_s) = outcomes.sellout_lag(sale, run);
     let report = DesignReport {
         sellout_s: run.sellout().map(|d| round3(d.as_secs_f64())),
+        demand_met_s,
+        sellout_lag_s,
         all_decided_s: all_decided.map(|d| round3(d.as_secs_f64())),
         decided_s: all_decided.map(|d| round3(d.as_secs_f64())),
         accepted_orders_per_s: all_decided.map(|d| round3(sold as f64 / d.as_secs_f64())),

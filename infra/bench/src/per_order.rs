@@ -42,7 +42,7 @@ impl Design for PerOrder {
                     .unwrap_or(1);
                 if left == 0 {
                     // The one write that took this SKU's last unit.
-                    run.sku_sold_out();
+                    run.sku_sold_out(self.sale.choice(buyer));
                 }
                 hot.record_order(buyer).await;
                 Answer::Decided(Decision::Sold)

@@ -263,7 +263,11 @@ pub async fn run(
     let done = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_stock(
         plain_store.clone(),
-        created.into_values().collect(),
+        sku_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| created.get(s).map(|p| (i, p.clone())))
+            .collect(),
         run.clone(),
         done.clone(),
     ));
@@ -374,8 +378,11 @@ pub async fn run(
             * (all_decided.unwrap_or(run.elapsed()).as_secs_f64() / crate::cost::LONG_POLL_S).ceil()
                 as u64,
     };
+    let (demand_met_s, sellout_lag_s) = outcomes.sellout_lag(sale, &run);
     let report = DesignReport {
         sellout_s: run.sellout().map(|d| round3(d.as_secs_f64())),
+        demand_met_s,
+        sellout_lag_s,
         all_decided_s: all_decided.map(|d| round3(d.as_secs_f64())),
         decided_s: all_decided.map(|d| round3(d.as_secs_f64())),
         accepted_orders_per_s: all_decided.map(|d| round3(queued as f64 / d.as_secs_f64())),
@@ -481,25 +488,24 @@ fn run_started_ms(run: &Run) -> i64 {
 /// seen empty is read no more.
 async fn watch_stock(
     store: DynamoStore,
-    mut products: Vec<flash_domain::Product>,
+    mut products: Vec<(usize, flash_domain::Product)>,
     run: Arc<Run>,
     done: Arc<AtomicBool>,
 ) {
     while !done.load(Relaxed) && !products.is_empty() {
-        let wanted: Vec<&flash_domain::Product> = products.iter().collect();
+        let wanted: Vec<&flash_domain::Product> = products.iter().map(|(_, p)| p).collect();
         if let Ok(shards) = store.read_shards_of(&wanted).await {
-            let before = products.len();
-            products.retain(|p| {
+            products.retain(|(i, p)| {
                 let empty = shards
                     .get(&p.sku)
                     .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s.available == 0));
+                if empty {
+                    run.sku_sold_out(*i);
+                }
                 !empty
             });
-            for _ in products.len()..before {
-                run.sku_sold_out();
-            }
         }
-        let keys: usize = products.iter().map(|p| p.shards as usize).sum();
+        let keys: usize = products.iter().map(|(_, p)| p.shards as usize).sum();
         tokio::time::sleep(STOCK_POLL * keys.div_ceil(SHARDS_PER_POLL).max(1) as u32).await;
     }
 }

@@ -121,6 +121,27 @@ impl Results {
             "catalog_speedup_vs_per_order".into(),
             json!(ratio(catalog_basis("per_order"), catalog_basis("pipeline"))),
         );
+        // What the designs add to the sell-out beyond what the buyers allow (a catalog cannot
+        // sell out before its least-wanted SKU's last unit has been asked for).
+        let lag = |runs: &Runs, d: &str| {
+            runs.get(d)
+                .and_then(|(r, _)| r.sellout_lag_s)
+                .map(|s| (s, "sellout_lag_s"))
+        };
+        ratios.insert(
+            "pipeline_catalog_vs_single_sellout_lag".into(),
+            json!(ratio(
+                lag(&self.catalog, "pipeline"),
+                lag(&self.designs, "pipeline")
+            )),
+        );
+        ratios.insert(
+            "catalog_sellout_lag_speedup_vs_per_order".into(),
+            json!(ratio(
+                lag(&self.catalog, "per_order"),
+                lag(&self.catalog, "pipeline")
+            )),
+        );
         (Value::Object(ratios), Value::Object(basis_of))
     }
 
@@ -225,7 +246,9 @@ impl Results {
             "\nWU/sold: write units the capacity model admitted (every design, pipeline \
              included) per unit sold. stockW/sold: write requests on stock items per unit sold \
              (simple designs: counted by the bench; pipeline: flash_aws WriteStats, refused \
-             transaction attempts included)."
+             transaction attempts included). met_s: when the last SKU had been asked for all \
+             its units (no design can sell out sooner); lag_s: the longest any SKU stayed on \
+             sale after it had been asked for all its units."
         );
         for (name, (_, d)) in &self.designs {
             let _ = writeln!(
@@ -307,9 +330,11 @@ impl Results {
 fn design_rows(t: &mut String, runs: &Runs) {
     let _ = writeln!(
         t,
-        "{:<13} {:>9} {:>9} {:>9} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>17} {:>9} {:>9}",
+        "{:<13} {:>9} {:>7} {:>6} {:>9} {:>9} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>17} {:>9} {:>9}",
         "design",
         "sellout_s",
+        "met_s",
+        "lag_s",
         "decided_s",
         "orders/s",
         "accepted/s",
@@ -331,9 +356,11 @@ fn design_rows(t: &mut String, runs: &Runs) {
         });
         let _ = writeln!(
             t,
-            "{:<13} {:>9} {:>9} {:>9} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>17} {:>9} {:>9}",
+            "{:<13} {:>9} {:>7} {:>6} {:>9} {:>9} {:>10} {:>6} {:>8} {:>8} {:>8} {:>11} {:>17} {:>9} {:>9}",
             name,
             opt(r.sellout_s, 2),
+            opt(r.demand_met_s, 2),
+            opt(r.sellout_lag_s, 2),
             opt(r.all_decided_s, 2),
             opt(r.orders_per_s, 0),
             opt(r.accepted_orders_per_s, 0),

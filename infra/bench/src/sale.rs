@@ -77,6 +77,8 @@ pub struct Run {
     sellout: OnceLock<Duration>,
     /// SKUs not yet sold out; the sell-out is when the last one goes.
     skus_left: AtomicUsize,
+    /// When each SKU (by index) ran out.
+    sku_sellouts: Vec<OnceLock<Duration>>,
 }
 
 impl Run {
@@ -87,13 +89,27 @@ impl Run {
             started: Instant::now(),
             sellout: OnceLock::new(),
             skus_left: AtomicUsize::new(skus),
+            sku_sellouts: (0..skus).map(|_| OnceLock::new()).collect(),
         })
     }
 
-    /// One SKU just ran out (each must be reported once); the last one marks the sell-out.
-    pub fn sku_sold_out(&self) {
-        if self.skus_left.fetch_sub(1, Relaxed) == 1 {
+    /// SKU `sku` (its index in the catalog) just ran out; the last one to go marks the
+    /// sell-out. A second report of the same SKU changes nothing.
+    pub fn sku_sold_out(&self, sku: usize) {
+        let newly = self
+            .sku_sellouts
+            .get(sku)
+            .is_some_and(|at| at.set(self.started.elapsed()).is_ok());
+        if newly && self.skus_left.fetch_sub(1, Relaxed) == 1 {
             self.mark_sellout();
+        }
+    }
+
+    /// When SKU `sku` ran out; for a single product, the sell-out.
+    pub fn sku_sellout(&self, sku: usize) -> Option<Duration> {
+        match self.sku_sellouts.len() {
+            1 => self.sellout(),
+            _ => self.sku_sellouts.get(sku).and_then(|at| at.get().copied()),
         }
     }
 
@@ -121,6 +137,8 @@ pub struct Outcomes {
     pub decisions: Vec<(Decision, Duration)>,
     /// The buyer of each of `decisions`, in the same order.
     pub buyers: Vec<usize>,
+    /// When each of `buyers` made their first call.
+    pub arrivals: Vec<Duration>,
     /// Buyers never decided: the design hit the sale's timeout first.
     pub undecided: usize,
     /// 503 answers the buyers got (and came back after), by error code.
@@ -158,6 +176,37 @@ impl Outcomes {
         out
     }
 
+    /// When each SKU of `sale`'s catalog had been asked for all its units (its buyers' first
+    /// calls, one unit each): no design can sell a SKU out sooner. `None` for a SKU that never
+    /// drew that many buyers.
+    pub fn demand_met(&self, sale: &Sale) -> Vec<Option<Duration>> {
+        let mut arrivals = vec![Vec::new(); sale.catalog.skus()];
+        for (&buyer, &at) in self.buyers.iter().zip(&self.arrivals) {
+            if let Some(a) = arrivals.get_mut(sale.choice(buyer)) {
+                a.push(at);
+            }
+        }
+        arrivals
+            .into_iter()
+            .zip(&sale.catalog.stocks)
+            .map(|(mut a, &stock)| {
+                a.sort();
+                let stock = usize::try_from(stock).ok()?;
+                stock.checked_sub(1).and_then(|i| a.get(i).copied())
+            })
+            .collect()
+    }
+
+    /// (when the last SKU had been asked for all its units, the longest any SKU stayed on sale
+    /// after that moment of its own): the first is what the buyers allow, the second what the
+    /// design adds. The lag is `None` unless every SKU sold out.
+    pub fn sellout_lag(&self, sale: &Sale, run: &Run) -> (Option<f64>, Option<f64>) {
+        let met = self.demand_met(sale);
+        let last_met = met.iter().flatten().max().map(|d| round3(d.as_secs_f64()));
+        let lag = longest_lag(&met, |sku| run.sku_sellout(sku));
+        (last_met, lag.map(|d| round3(d.as_secs_f64())))
+    }
+
     /// Refusals by reason (sold out included).
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -171,6 +220,20 @@ impl Outcomes {
         }
         out
     }
+}
+
+/// The longest time from a SKU's demand being met to its sell-out, over every SKU; `None`
+/// when any SKU never sold out or never drew enough buyers.
+fn longest_lag(
+    met: &[Option<Duration>],
+    sellout: impl Fn(usize) -> Option<Duration>,
+) -> Option<Duration> {
+    met.iter()
+        .enumerate()
+        .map(|(sku, m)| Some(sellout(sku)?.saturating_sub((*m)?)))
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()
 }
 
 /// Runs every buyer through `design`, `sale.concurrency` at a time, each worker on its own
@@ -201,6 +264,7 @@ pub async fn run_buyers<D: Design>(design: Arc<D>, sale: &Sale, run: &Arc<Run>) 
                         mine.undecided += 1;
                         continue;
                     }
+                    mine.arrivals.push(run.elapsed());
                     let decision = serve(&*design, worker, buyer, &run, &mut mine).await;
                     let at = run.elapsed();
                     mine.last_answer = mine.last_answer.max(at);
@@ -211,6 +275,7 @@ pub async fn run_buyers<D: Design>(design: Arc<D>, sale: &Sale, run: &Arc<Run>) 
                 let mut all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
                 all.decisions.append(&mut mine.decisions);
                 all.buyers.append(&mut mine.buyers);
+                all.arrivals.append(&mut mine.arrivals);
                 all.undecided += mine.undecided;
                 all.last_answer = all.last_answer.max(mine.last_answer);
                 all.call_ms.append(&mut mine.call_ms);
@@ -307,6 +372,12 @@ impl Percentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct DesignReport {
     pub sellout_s: Option<f64>,
+    /// When the last SKU had been asked for all its units: the soonest the buyers let any
+    /// design sell out.
+    pub demand_met_s: Option<f64>,
+    /// The longest any SKU stayed on sale after it had been asked for all its units: the
+    /// sell-out's part that is the design's own.
+    pub sellout_lag_s: Option<f64>,
     pub all_decided_s: Option<f64>,
     /// `all_decided_s` under the name `API.md` gives the catalog's designs.
     pub decided_s: Option<f64>,
@@ -360,6 +431,45 @@ pub fn per_unit(x: f64, sold: u64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skus_demand_is_met_when_its_stock_th_buyer_arrives_and_the_lag_runs_from_there() {
+        let ms = Duration::from_millis;
+        // SKU 0 holds 2 units, SKU 1 one; buyers alternate between them.
+        let catalog = Catalog {
+            stocks: vec![2, 1],
+            choice: vec![0, 1, 0, 1, 0],
+        };
+        let sale = Sale {
+            buyers: 5,
+            stock: 3,
+            concurrency: 2,
+            timeout: Duration::from_secs(60),
+            catalog: Arc::new(catalog),
+        };
+        // Recorded in answer order, not arrival order.
+        let outcomes = Outcomes {
+            buyers: vec![4, 2, 1, 0, 3],
+            arrivals: vec![ms(50), ms(30), ms(20), ms(10), ms(40)],
+            ..Outcomes::default()
+        };
+        let met = outcomes.demand_met(&sale);
+        // SKU 0's second buyer (buyer 2) came at 30 ms; SKU 1's first (buyer 1) at 20 ms.
+        assert_eq!(met, vec![Some(ms(30)), Some(ms(20))]);
+        let sellouts = [Some(ms(100)), Some(ms(500))];
+        assert_eq!(longest_lag(&met, |i| sellouts[i]), Some(ms(480)));
+        // A SKU that never sold out leaves no lag to report.
+        assert_eq!(longest_lag(&met, |i| [Some(ms(100)), None][i]), None);
+        // A SKU with fewer buyers than units is never met.
+        let short = Sale {
+            catalog: Arc::new(Catalog {
+                stocks: vec![9, 1],
+                choice: vec![0, 1, 0, 1, 0],
+            }),
+            ..sale
+        };
+        assert_eq!(outcomes.demand_met(&short), vec![None, Some(ms(20))]);
+    }
 
     #[test]
     fn percentiles_of_a_few_seconds_are_not_clipped() {
