@@ -389,6 +389,7 @@ impl Store for FakeStore {
             .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS);
         meta.stock_added += put.stock;
         meta.sold_out = false;
+        meta.low_stock = false;
         meta.restocks += 1;
         for &(shard, units) in stock {
             *st.shards.entry((sku.clone(), shard)).or_default() += units;
@@ -417,6 +418,14 @@ impl Store for FakeStore {
         if let Some(meta) = st.products.get_mut(sku) {
             meta.sold_out = false;
             meta.restocks += 1;
+        }
+        Ok(())
+    }
+
+    async fn mark_low_stock(&self, sku: &Sku) -> PortResult<()> {
+        let mut st = self.enter("mark_low_stock")?;
+        if let Some(meta) = st.products.get_mut(sku) {
+            meta.low_stock = true;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ pub fn product(sku: Sku, shards: u32, stock: u64, limit: Option<u32>) -> Product
         payment_window_seconds: 900,
         shards,
         sold_out: false,
+        low_stock: false,
         restocks: 0,
     }
 }

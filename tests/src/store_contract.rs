@@ -234,6 +234,43 @@ pub async fn the_sold_out_flag_is_set_only_while_no_stock_came_back<S: Store>(
     assert_eq!(store.get_product(&ghost).await.expect("get"), None);
 }
 
+/// The low-stock hint is set on an existing product (twice is the same as once), cleared by
+/// a restock, and never creates a product.
+pub async fn the_low_stock_hint_is_set_and_a_restock_clears_it<S: Store>(store: &S, sku: &Sku) {
+    let p = product(sku, 2, None);
+    create(store, &p, 8).await;
+    store.mark_low_stock(sku).await.expect("hint");
+    store.mark_low_stock(sku).await.expect("hint again");
+    let hinted = store.get_product(sku).await.expect("get").expect("exists");
+    assert!(hinted.low_stock);
+    // Nothing else moved.
+    assert_eq!(
+        Product {
+            low_stock: false,
+            ..hinted
+        },
+        p
+    );
+    let restock = ProductPut {
+        sku: sku.clone(),
+        name: p.name.clone(),
+        stock: 4,
+        shards: None,
+        settings: Settings::default(),
+    };
+    let written = store
+        .add_stock(&restock, &p.split(4), None)
+        .await
+        .expect("add_stock");
+    assert_eq!(written, ProductWrite::Written);
+    let restocked = store.get_product(sku).await.expect("get").expect("exists");
+    assert!(!restocked.low_stock);
+
+    let ghost = Sku::parse(&format!("{sku}-GHOST")).expect("valid sku");
+    store.mark_low_stock(&ghost).await.expect("hint");
+    assert_eq!(store.get_product(&ghost).await.expect("get"), None);
+}
+
 /// An order is written once: a duplicate put answers the stored order, which reads back item
 /// for item; a batch read leaves out missing ids and names each order once.
 pub async fn an_order_is_written_once_and_read_back_item_for_item<S: Store>(store: &S, sku: &Sku) {

@@ -148,6 +148,11 @@ impl<S: Store, W: Watch> Store for Watched<S, W> {
         self.watch.step("clear_sold_out", call).await
     }
 
+    async fn mark_low_stock(&self, sku: &Sku) -> PortResult<()> {
+        let call = self.inner.mark_low_stock(sku);
+        self.watch.step("mark_low_stock", call).await
+    }
+
     async fn read_shards(&self, product: &Product) -> PortResult<Vec<ShardStock>> {
         self.watch
             .step("read_shards", async {

@@ -15,7 +15,7 @@ use flash_domain::commit::{decide_group, Deadline, GroupReport};
 use flash_domain::order::{transition, Event};
 use flash_domain::ports::{CommitRefused, PortError, PortResult, Store};
 use flash_domain::{Order, OrderId, OrderStatus, Product, Reason, Sku, UserId};
-use flash_tests::fake::{message_body, FakeRedelivery, FakeStore};
+use flash_tests::fake::{message_body, FakeRedelivery, FakeStore, InjectFaults};
 use flash_tests::fake_expiry::FakeTimeouts;
 use flash_tests::fixtures::sqs_event;
 use flash_tests::watched::{lock, Interleave, Saw, Watch, Watched};
@@ -631,6 +631,63 @@ async fn orders_of_a_commit_whose_reply_was_lost_are_found_pending_not_committed
     // AND the stock was taken once, with no second (refused) transaction on the shard
     assert_eq!(store.available(&sku()), 3);
     assert_eq!((report.transactions, report.refused), (0, 0));
+}
+
+/// `n` queued orders of 1 of the product, from buyer `from` on.
+fn orders_of_one(store: &FakeStore, from: usize, n: usize) -> Vec<Order> {
+    let t = now_ms();
+    (from..from + n)
+        .map(|i| {
+            let o = queued(i, &format!("buyer-{i}"), 1, t + i as Millis);
+            store.seed_order(o.clone());
+            o
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_commit_that_leaves_a_quarter_of_the_stock_hints_low_stock_and_only_that_one() {
+    // GIVEN a product of 100 units on 2 shards, 30 of them left
+    let store = FakeStore::new();
+    store.seed_product(product(2, 100, None), 30);
+    let hinted = || store.product(&sku()).expect("seeded").low_stock;
+    // WHEN a group takes 3, leaving 27 (more than a quarter)
+    let p = store.product(&sku()).expect("seeded");
+    decided_in_time(&store, &p, &orders_of_one(&store, 0, 3)).await;
+    // THEN the product is not hinted
+    assert!(!hinted());
+    // WHEN the next group takes 2, leaving 25 (a quarter)
+    let p = store.product(&sku()).expect("seeded");
+    decided_in_time(&store, &p, &orders_of_one(&store, 3, 2)).await;
+    // THEN it is
+    assert!(hinted());
+    // AND a group that reads the hinted product does not write the hint again: the fault
+    // set on that write is still there after it
+    store.fail_on("mark_low_stock", 1);
+    let p = store.product(&sku()).expect("seeded");
+    decided_in_time(&store, &p, &orders_of_one(&store, 5, 1)).await;
+    assert!(
+        store.mark_low_stock(&sku()).await.is_err(),
+        "the group wrote the hint again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_that_fails_to_land_does_not_hold_up_the_group() {
+    // GIVEN a product of 100 units, 28 left, and a table that refuses the hint's write
+    let store = FakeStore::new();
+    store.seed_product(product(1, 100, None), 28);
+    store.fail_on("mark_low_stock", 1);
+    let p = store.product(&sku()).expect("seeded");
+    // WHEN a group of 3 leaves 25 units (low on stock)
+    let orders = orders_of_one(&store, 0, 3);
+    let report = decide_within(&store, &p, &orders, Duration::from_secs(28))
+        .await
+        .expect("decided in spite of the hint");
+    // THEN every order is accepted once, and the hint is simply missing
+    assert_eq!(report.accepted.len(), 3);
+    assert_eq!(report.transactions, 1);
+    assert!(!store.product(&sku()).expect("seeded").low_stock);
 }
 
 /// The batch process-orders receives for `orders`.

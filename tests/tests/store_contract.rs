@@ -40,6 +40,7 @@ macro_rules! contract {
 contract!(
     products_are_created_once_read_back_and_restocked,
     the_sold_out_flag_is_set_only_while_no_stock_came_back,
+    the_low_stock_hint_is_set_and_a_restock_clears_it,
     an_order_is_written_once_and_read_back_item_for_item,
     limited_orders_are_admitted_up_to_the_limit,
     a_commit_takes_stock_accepts_orders_and_counts_purchases,

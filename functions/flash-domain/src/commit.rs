@@ -174,6 +174,8 @@ struct Group<'a> {
     /// means read them, the only view a rejection may rest on.
     view: Option<Vec<ShardStock>>,
     flagged: bool,
+    /// The product carries its low-stock hint, or this group wrote it.
+    hinted: bool,
     /// Orders of a commit that failed without an answer: it may have landed.
     unsure: Vec<OrderId>,
     report: GroupReport,
@@ -215,6 +217,7 @@ impl<'a> Group<'a> {
             closed,
             view: None,
             flagged: product.sold_out,
+            hinted: product.low_stock,
             unsure: Vec::new(),
             report,
         }
@@ -331,6 +334,13 @@ impl<'a> Group<'a> {
                 if !self.flagged && left.iter().all(|s| s.available == 0) {
                     // Took the last units: from now on the API refuses without writing.
                     self.flagged = store.mark_sold_out(self.product).await?;
+                } else if !self.hinted
+                    && self.product.is_low(left.iter().map(|s| s.available).sum())
+                {
+                    // The sell-out is near: the API re-reads the product more often from now
+                    // on. Tried once; a hint that fails to land only leaves the usual pace.
+                    self.hinted = true;
+                    let _unhinted = store.mark_low_stock(self.sku()).await;
                 }
                 // Deferred orders may be planned on what is left; the orders this plan
                 // rejected will be planned again and, if still refused, read before rejecting.

@@ -187,6 +187,9 @@ pub trait Store: Send + Sync {
     /// already canceled makes it again, since the process that canceled it may have stopped
     /// between the two writes; repeating it is harmless.
     fn clear_sold_out(&self, sku: &Sku) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sets the product's low-stock hint ([`Product::low_stock`]); a missing product is left
+    /// missing.
+    fn mark_low_stock(&self, sku: &Sku) -> impl Future<Output = PortResult<()>> + Send;
     /// What each of `product`'s shards holds, read consistently, in shard order.
     fn read_shards(
         &self,

@@ -13,6 +13,13 @@ pub const MAX_SHARDS: u32 = 64;
 pub const UNITS_PER_SHARD: u64 = 100;
 pub const DEFAULT_PAYMENT_WINDOW_SECONDS: u32 = 900;
 pub const MAX_STOCK: u64 = 1_000_000_000;
+/// A product is low on stock once at most 1/`LOW_STOCK_DIVISOR` of every unit it was given
+/// is left: the stretch just before a sell-out, when `place-order` re-reads it more often.
+pub const LOW_STOCK_DIVISOR: u64 = 4;
+/// Only a product given at least this many units is ever low on stock: the hint costs one
+/// write, at most a hundredth of a write unit per unit here, and a product of a few units
+/// sells out within a commit or two, before a hint could change anything.
+pub const LOW_STOCK_MIN_UNITS: u64 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
@@ -28,6 +35,11 @@ pub struct Product {
     /// Every shard was seen empty (cleared by any write that returns stock), so `place-order`
     /// can refuse without writing.
     pub sold_out: bool,
+    /// A hint, set by the processor once a commit leaves the product low on stock
+    /// ([`Product::is_low`]) and cleared by a restock: `place-order` re-reads a product so
+    /// flagged more often, so the sold-out flag that soon follows reaches buyers sooner.
+    /// Nothing is refused on it.
+    pub low_stock: bool,
     /// How many writes have returned or added stock; each raises it, so a sold-out flag set on
     /// condition that it has not moved cannot hide units that came back.
     pub restocks: u64,
@@ -41,6 +53,13 @@ impl Product {
 
     pub fn sale_open(&self, at: Millis) -> bool {
         self.sale_starts_at.is_none_or(|s| at >= s) && self.sale_ends_at.is_none_or(|e| at < e)
+    }
+
+    /// Whether `left` units are low on stock for this product: at most a quarter of every unit
+    /// it was given ([`LOW_STOCK_DIVISOR`]), of at least [`LOW_STOCK_MIN_UNITS`].
+    pub fn is_low(&self, left: u64) -> bool {
+        self.stock_added >= LOW_STOCK_MIN_UNITS
+            && left.saturating_mul(LOW_STOCK_DIVISOR) <= self.stock_added
     }
 
     /// How `units` new units spread over the shards: evenly, the remainder on the first ones.
@@ -120,6 +139,7 @@ impl ProductPut {
                 .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS),
             shards,
             sold_out: false,
+            low_stock: false,
             restocks: 0,
         }
     }
@@ -292,6 +312,28 @@ impl ProductSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_product_of_100_units_or_more_is_low_at_a_quarter_of_them_and_a_smaller_one_never() {
+        let mut p = Product {
+            sku: Sku::parse("SKU-1").expect("valid sku"),
+            name: "Phone".into(),
+            stock_added: 100,
+            per_user_limit: None,
+            sale_starts_at: None,
+            sale_ends_at: None,
+            payment_window_seconds: 900,
+            shards: 1,
+            sold_out: false,
+            low_stock: false,
+            restocks: 0,
+        };
+        assert!(!p.is_low(26));
+        assert!(p.is_low(25));
+        assert!(p.is_low(0));
+        p.stock_added = 99;
+        assert!(!p.is_low(1));
+    }
 
     fn spec(json: &str) -> Result<(Product, u64), ValidationError> {
         let spec: ProductSpec = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;

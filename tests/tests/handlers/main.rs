@@ -5,7 +5,7 @@
 
 use ::advance_order::AdvanceOrder;
 use ::get_order::GetOrder;
-use ::place_order::{PlaceOrder, REDRIVE_AFTER};
+use ::place_order::{product_ttl, PlaceOrder, LOW_STOCK_TTL, PRODUCT_TTL, REDRIVE_AFTER};
 use ::process_orders::{BatchReport, ProcessOrders};
 use ::products::Products;
 use flash_domain::clock::parse_rfc3339;

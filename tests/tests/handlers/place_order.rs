@@ -344,6 +344,34 @@ async fn once_the_last_unit_sells_new_orders_are_refused_sold_out_without_a_writ
 }
 
 #[tokio::test]
+async fn a_warm_function_reads_a_product_low_on_stock_again_sooner_and_sees_it_sold_out() {
+    // GIVEN SKU-1 hinted low on stock, and one warm function that has just read it
+    let env = Env::on_sale().await;
+    env.store.edit_product(&sku(SKU), |p| p.low_stock = true);
+    let warm = PlaceOrder::new(env.store.clone(), env.queue.clone());
+    let place = |who: &str, key: &str| warm.handle(Req::place_order(who, key, ONE).build());
+    assert_eq!(Resp::from(place("alice", "a1").await).status, 202);
+    // WHEN the product is flagged sold out and twice the low-stock cache time passes, well
+    // within the usual one
+    env.store.edit_product(&sku(SKU), |p| p.sold_out = true);
+    assert!(LOW_STOCK_TTL * 2 < PRODUCT_TTL);
+    tokio::time::sleep(LOW_STOCK_TTL * 2).await;
+    // THEN the same function refuses bob: it read the product again
+    assert_error(&Resp::from(place("bob", "b1").await), 409, "sold_out");
+}
+
+#[test]
+fn only_a_product_low_on_stock_and_not_sold_out_is_cached_for_the_shorter_time() {
+    let mut p = flash_tests::given::product(sku(SKU), 1, 10, None);
+    assert_eq!(product_ttl(&p), PRODUCT_TTL);
+    p.low_stock = true;
+    assert_eq!(product_ttl(&p), LOW_STOCK_TTL);
+    // Sold out, the flag is what matters: a cleared one reaches buyers at the usual pace.
+    p.sold_out = true;
+    assert_eq!(product_ttl(&p), PRODUCT_TTL);
+}
+
+#[tokio::test]
 async fn stock_returned_after_a_processor_read_the_product_keeps_it_off_sold_out() {
     // GIVEN SKU-1's only unit sold to alice, and a processor that read the product then
     let env = Env::with_product(r#"{"name":"Hot phone","stock":1}"#).await;

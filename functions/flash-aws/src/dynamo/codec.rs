@@ -129,11 +129,8 @@ pub fn decode_product(item: &Item) -> PortResult<Product> {
         payment_window_seconds: get_n(item, "payment_window_seconds")
             .unwrap_or(DEFAULT_PAYMENT_WINDOW_SECONDS),
         shards: get_n(item, "shards").filter(|&n: &u32| n > 0).unwrap_or(1),
-        sold_out: item
-            .get("sold_out")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
+        sold_out: get_bool(item, "sold_out"),
+        low_stock: get_bool(item, "low_stock"),
         restocks: get_n(item, "restocks").unwrap_or(0),
     })
 }
@@ -156,12 +153,17 @@ pub(super) fn encode_product(p: &Product) -> Item {
     item
 }
 
-/// Whether the order item carries the `admitted` flag (see [`super::keys`]).
-pub(super) fn is_admitted(item: &Item) -> bool {
-    item.get("admitted")
+/// A boolean attribute, `false` when missing.
+fn get_bool(item: &Item, name: &str) -> bool {
+    item.get(name)
         .and_then(|v| v.as_bool().ok())
         .copied()
         .unwrap_or(false)
+}
+
+/// Whether the order item carries the `admitted` flag (see [`super::keys`]).
+pub(super) fn is_admitted(item: &Item) -> bool {
+    get_bool(item, "admitted")
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! | item            | pk                              | sk             | attributes |
 //! |-----------------|---------------------------------|----------------|------------|
-//! | product         | `PRODUCT#{sku}`                 | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards, sold_out, restocks, created_at |
+//! | product         | `PRODUCT#{sku}`                 | `META`         | name, stock_added, per_user_limit, sale window, payment window, shards, sold_out, low_stock, restocks, created_at |
 //! | stock shard     | `PRODUCT#{sku}#SHARD#{nnn}`     | `SHARD#{nnn}`  | available |
 //! | buyer counter   | `PRODUCT#{sku}#USER#{user}`     | `BUYER#{user}` | units |
 //! | admission count | `PRODUCT#{sku}#USER#{user}`     | `ADMIT#{user}` | admitted |

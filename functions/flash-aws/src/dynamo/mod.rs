@@ -181,6 +181,10 @@ impl Store for DynamoStore {
         Self::clear_sold_out(self, sku)
     }
 
+    fn mark_low_stock(&self, sku: &Sku) -> impl Future<Output = PortResult<()>> + Send {
+        Self::mark_low_stock(self, sku)
+    }
+
     fn read_shards(
         &self,
         product: &Product,
@@ -313,6 +317,7 @@ mod tests {
             payment_window_seconds: 900,
             shards: 1,
             sold_out: false,
+            low_stock: false,
             restocks: 0,
         };
         let put = ProductPut {

@@ -119,8 +119,8 @@ impl DynamoStore {
     ) -> PortResult<ProductWrite> {
         let change = put.settings;
         let mut set = vec!["#name = :name".to_owned()];
-        // New stock means the product is no longer sold out.
-        let mut remove = vec!["sold_out"];
+        // New stock means the product is no longer sold out, nor low on stock.
+        let mut remove = vec!["sold_out", "low_stock"];
         let mut condition = vec!["attribute_exists(pk)"];
         let mut meta = self
             .update(product_key(&put.sku))
@@ -262,6 +262,27 @@ impl DynamoStore {
                 }
                 _ => return Err(port_error("dynamodb UpdateItem", e)),
             }
+        }
+    }
+
+    pub(super) async fn mark_low_stock(&self, sku: &Sku) -> PortResult<()> {
+        let update = self
+            .update(product_key(sku))
+            .update_expression("SET low_stock = :t")
+            // Never create a product item out of a hint.
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true));
+        let result = self.update_item(update)?.send().await;
+        self.record(&result, 0);
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(port_error("dynamodb UpdateItem", e)),
         }
     }
 
