@@ -315,19 +315,14 @@ mod tests {
 
     #[test]
     fn a_product_of_100_units_or_more_is_low_at_a_quarter_of_them_and_a_smaller_one_never() {
-        let mut p = Product {
+        let mut p = ProductPut {
             sku: Sku::parse("SKU-1").expect("valid sku"),
             name: "Phone".into(),
-            stock_added: 100,
-            per_user_limit: None,
-            sale_starts_at: None,
-            sale_ends_at: None,
-            payment_window_seconds: 900,
-            shards: 1,
-            sold_out: false,
-            low_stock: false,
-            restocks: 0,
-        };
+            stock: 100,
+            shards: None,
+            settings: Settings::default(),
+        }
+        .new_product();
         assert!(!p.is_low(26));
         assert!(p.is_low(25));
         assert!(p.is_low(0));
