@@ -331,12 +331,11 @@ impl<'a> Group<'a> {
                 }
                 self.drop_pending(&done);
                 let left = after_takes(shards, &p.takes);
-                if !self.flagged && left.iter().all(|s| s.available == 0) {
+                let units_left: u64 = left.iter().map(|s| s.available).sum();
+                if !self.flagged && units_left == 0 {
                     // Took the last units: from now on the API refuses without writing.
                     self.flagged = store.mark_sold_out(self.product).await?;
-                } else if !self.hinted
-                    && self.product.is_low(left.iter().map(|s| s.available).sum())
-                {
+                } else if !self.hinted && self.product.is_low(units_left) {
                     // The sell-out is near: the API re-reads the product more often from now
                     // on. Tried once; a hint that fails to land only leaves the usual pace.
                     self.hinted = true;

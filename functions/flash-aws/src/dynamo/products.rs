@@ -222,18 +222,7 @@ impl DynamoStore {
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":seen", n(product.restocks))
             .expression_attribute_values(":zero", n(0));
-        let result = self.update_item(update)?.send().await;
-        self.record(&result, 0);
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(port_error("dynamodb UpdateItem", e)),
-        }
+        self.update_if(update).await
     }
 
     pub(super) async fn clear_sold_out(&self, sku: &Sku) -> PortResult<()> {
@@ -272,18 +261,7 @@ impl DynamoStore {
             // Never create a product item out of a hint.
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":t", AttributeValue::Bool(true));
-        let result = self.update_item(update)?.send().await;
-        self.record(&result, 0);
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(port_error("dynamodb UpdateItem", e)),
-        }
+        self.update_if(update).await.map(|_| ())
     }
 
     /// The shards of several products in one consistent `BatchGetItem` per 100 shards.

@@ -117,6 +117,23 @@ impl DynamoStore {
             .set_return_consumed_capacity(self.consumed_capacity()))
     }
 
+    /// Sends an update built with [`Self::update`] as an `UpdateItem` and counts it: `true`
+    /// when it was written, `false` when its condition refused it.
+    pub(super) async fn update_if(&self, u: UpdateBuilder) -> PortResult<bool> {
+        let result = self.update_item(u)?.send().await;
+        self.record(&result, 0);
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(port_error("dynamodb UpdateItem", e)),
+        }
+    }
+
     /// What to ask DynamoDB about consumed capacity: the total when something reads it (the
     /// write stats are on), nothing otherwise, so a deployed function's requests carry no
     /// `ReturnConsumedCapacity`.
